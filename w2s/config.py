@@ -1,0 +1,131 @@
+"""Structured-config schemas: every key a run reads, with its type and default.
+
+Registered in Hydra's ConfigStore so that a wrong type or an unknown key fails with
+Hydra's own message before anything trains. The YAML files in ``conf/`` pick values;
+these dataclasses say what may be picked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """A pretrained checkpoint used as weak or strong model."""
+
+    name: str = MISSING  # short name used in run ids and tables, e.g. "gpt2-medium"
+    path: str = MISSING  # local directory or Hugging Face hub id
+    pooling: str | None = None  # last | cls | mean; None picks the family default
+    param_dtype: str = "float32"  # master weights
+    compute_dtype: str = "float32"  # activations (bfloat16 on accelerators)
+    lr: float | None = None  # per-model learning rate; None uses train.lr
+    overrides: dict[str, Any] = field(default_factory=dict)  # HF config keys, e.g. num_hidden_layers
+
+
+@dataclass
+class TaskConfig:
+    """Where a task's examples come from and how they are split into A, B, val and test."""
+
+    name: str = MISSING  # short name used in run ids and tables
+    kind: str = MISSING  # sciq | boolq | cosmos_qa | amazon_polarity | anthropic_hh | bigbench | local
+    source: str | None = None  # HF dataset id, BIG-bench task path, or local data file
+    path: str | None = None  # local file in the source's schema, used instead of downloading
+    hf_split: str = "train"  # split of the HF dataset the examples are drawn from
+    classes: list[str] | None = None  # BIG-bench: keep only these choices, as class labels
+    num_labels: int | None = None  # local files: declared label count (labels must lie in 0..n-1)
+    n_a: int = 1000  # weak model's ground-truth training split
+    n_b: int = 1000  # strong model's training split (weak labels or ground truth)
+    n_val: int = 200  # held-out split for thresholds (cascade budgets)
+    n_test: int = 1000
+    balance: bool = False  # class-balance every split
+    max_length: int = 128  # tokens
+    overlong: str = "truncate"  # truncate | drop
+    split_seed: int | None = None  # None: the run's seed also draws the splits
+
+
+@dataclass
+class LossConfig:
+    """How the strong model is supervised in a w2s run (weak and ceiling runs use ground truth)."""
+
+    name: str = "xent"  # xent | logconf | product | kd
+    supervision: str = "labels"  # labels (cached weak soft labels) | live (weak model in the step)
+    hard_labels: bool = False  # offline: train on the weak model's argmax instead of its probabilities
+    # logconf (Burns et al. 2023 auxiliary confidence loss)
+    aux_coef: float = 0.5
+    warmup_frac: float = 0.2
+    warmup: str = "step"  # step (the reference code's jump) | linear
+    # product: target proportional to p_strong^beta * y_weak^alpha
+    alpha: float = 1.0
+    beta: float = 1.0
+    # live KD and the combined objective L = (1 - a(t)) D(weak || strong) + a(t) L_aux
+    divergence: str = "fkl"  # fkl | rkl | js | tv
+    temperature: float = 1.0
+    aux: str = "none"  # none | confidence | gt
+    alpha_max: float = 0.0
+    alpha_schedule: str = "constant"  # constant | linear | step | cosine
+    gt_fraction: float = 0.0  # aux=gt: share of B whose ground truth is used (not pure W2S)
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "adamw"  # adam | adamw | adafactor
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_frac: float = 0.1
+    schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+    clip_norm: float = 1.0  # 0 disables clipping
+    epochs: int = 2
+    batch_size: int = 32
+    grad_accum: int = 1
+    eval_batch_size: int = 128
+    eval_every: int = 0  # steps; 0 evaluates only at the end
+    checkpoint_every: int = 0  # steps; 0 disables checkpoints
+    buckets: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
+    vmap_seeds: int = 1  # train this many seeds of one model in one compiled program
+    remat: str = "none"  # none | full | dots
+    scan_layers: bool = False
+    attention: str = "xla"  # xla | cudnn
+    progress: bool = True
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh; -1 takes every device left over."""
+
+    data: int = -1
+    fsdp: int = 1
+    tp: int = 1
+
+
+@dataclass
+class Config:
+    weak: ModelConfig = MISSING
+    strong: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    kinds: list[str] = field(default_factory=lambda: ["weak", "ceiling", "w2s"])
+    extra_weak: list[ModelConfig] = field(default_factory=list)  # more weak supervisors
+    weak_combine: str = "mean"  # mean | confidence: how several supervisors' labels are merged
+    filter_q: float = 1.0  # train the strong model on the top-q share of B by weak confidence
+    s2s_rounds: int = 0  # strong-to-strong rounds after w2s
+    results_dir: str = "results"
+    cache_dir: str = "${oc.env:W2S_CACHE,~/.cache/w2s}"
+    force: bool = False  # recompute runs even when a finished one exists
+    dry_run: bool = False  # print the memory plan and exit
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="w2s_schema", node=Config)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="task", name="task_schema", node=TaskConfig)
+    cs.store(group="loss", name="loss_schema", node=LossConfig)
+    cs.store(group="train", name="train_schema", node=TrainConfig)
