@@ -1,0 +1,68 @@
+"""Pretrained backbones as Flax NNX modules, loaded from Hugging Face checkpoints.
+
+``load_backbone(path_or_hub_id)`` returns a module called as ``backbone(input_ids,
+attention_mask)`` that gives the final hidden states, equal to transformers'
+``last_hidden_state`` for the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from w2s.models.classifier import Classifier, pool
+from w2s.models.hub import CheckpointError
+from w2s.models.loading import abstract_module, build_config, load_weights
+from w2s.models.registry import MODEL_TYPES, Family, family_for
+
+__all__ = [
+    "MODEL_TYPES",
+    "CheckpointError",
+    "Classifier",
+    "Family",
+    "family_for",
+    "load_backbone",
+    "load_classifier",
+    "pool",
+]
+
+
+def load_backbone(
+    name_or_path: str,
+    dtype: str = "float32",
+    *,
+    compute_dtype: str | None = None,
+    overrides: dict | None = None,
+    attention: str = "xla",
+    mesh=None,
+):
+    """Backbone with parameters in ``dtype`` and activations in ``compute_dtype`` (default: same).
+
+    ``overrides`` replaces keys of the HF config (e.g. ``num_hidden_layers`` to keep only the
+    first layers); tensors the result does not use are listed in a log line.
+    """
+    ckpt, family, cfg = build_config(name_or_path, overrides)
+    module = abstract_module(
+        family, cfg, dtype=jnp.dtype(compute_dtype or dtype), param_dtype=jnp.dtype(dtype),
+        attention=attention,
+    )
+    return load_weights(module, family, cfg, ckpt, mesh=mesh)
+
+
+def load_classifier(
+    name_or_path: str,
+    num_labels: int,
+    *,
+    pooling: str | None = None,
+    dtype: str = "float32",
+    compute_dtype: str | None = None,
+    overrides: dict | None = None,
+    attention: str = "xla",
+    mesh=None,
+) -> Classifier:
+    """Backbone + pooling (the family's default unless given) + zero-initialised head."""
+    ckpt, family, _ = build_config(name_or_path, overrides)
+    backbone = load_backbone(
+        str(ckpt), dtype, compute_dtype=compute_dtype, overrides=overrides, attention=attention,
+        mesh=mesh,
+    )
+    return Classifier(backbone, num_labels, pooling or family.pooling)
