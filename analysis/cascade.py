@@ -1,0 +1,164 @@
+"""Weak→strong cascade: the weak model answers and defers its least confident examples to the
+strong model.
+
+The deferral curve gives accuracy for every deferral count m = 0..n (share r = m/n), deferring in
+order of ascending weak confidence (max probability; ties keep the example order). References:
+random deferral (expected accuracy is the straight line from weak-only to strong-only) and an
+oracle that defers first the weak errors the strong model fixes, then the other weak errors, and
+last the examples only the weak model gets right — the best curve any ordering can reach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PGR_LEVELS = (0.2, 0.5, 0.8)
+
+
+@dataclass(frozen=True)
+class DeferralCurve:
+    """Accuracy after deferring the first m examples, m = 0..n, for the cascade and references."""
+
+    share: np.ndarray
+    accuracy: np.ndarray
+    random: np.ndarray
+    oracle: np.ndarray
+
+    @property
+    def acc_weak(self) -> float:
+        return float(self.accuracy[0])
+
+    @property
+    def acc_strong(self) -> float:
+        return float(self.accuracy[-1])
+
+
+def _curve_for_order(weak_correct: np.ndarray, strong_correct: np.ndarray, order: np.ndarray) -> np.ndarray:
+    gain = strong_correct[order].astype(float) - weak_correct[order].astype(float)
+    return (weak_correct.sum() + np.concatenate([[0.0], np.cumsum(gain)])) / len(weak_correct)
+
+
+def deferral_curve(weak_probs: np.ndarray, strong_probs: np.ndarray, labels: np.ndarray) -> DeferralCurve:
+    """The cascade's deferral curve and both reference curves on one split."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n == 0:
+        raise ValueError("deferral curve needs at least one example")
+    weak_correct = weak_probs.argmax(axis=1) == labels
+    strong_correct = strong_probs.argmax(axis=1) == labels
+    share = np.arange(n + 1) / n
+    order = np.argsort(weak_probs.max(axis=1), kind="stable")
+    accuracy = _curve_for_order(weak_correct, strong_correct, order)
+    gain = strong_correct.astype(int) - weak_correct.astype(int)
+    oracle_order = np.lexsort((weak_correct, -gain))  # gain descending, then weak errors first
+    oracle = _curve_for_order(weak_correct, strong_correct, oracle_order)
+    random = accuracy[0] + share * (accuracy[-1] - accuracy[0])
+    return DeferralCurve(share, accuracy, random, oracle)
+
+
+def audc(share: np.ndarray, accuracy: np.ndarray) -> float:
+    """Area under a deferral curve over r ∈ [0, 1] (trapezoid rule)."""
+    return float(np.trapezoid(accuracy, share))
+
+
+def normalised_audc(curve: DeferralCurve) -> float:
+    """(AUDC − random) / (oracle − random): 0 is no better than random deferral, 1 is the oracle."""
+    a, rand, orac = audc(curve.share, curve.accuracy), audc(curve.share, curve.random), audc(curve.share, curve.oracle)
+    return float((a - rand) / (orac - rand)) if orac - rand > 1e-12 else float("nan")
+
+
+def share_for_pgr(
+    curve: DeferralCurve, levels: tuple[float, ...] = PGR_LEVELS, eps: float = 0.0
+) -> dict[float, float]:
+    """Smallest share of strong calls at which the cascade recovers each level of the gap.
+
+    PGR along the curve is (acc(r) − acc_weak) / (acc_strong − acc_weak); NaN for every level when
+    that gap is ≤ ``eps`` (same policy as for PGR) and for a level never reached.
+    """
+    gap = curve.acc_strong - curve.acc_weak
+    if gap <= eps:
+        return {lv: float("nan") for lv in levels}
+    recovered = (curve.accuracy - curve.acc_weak) / gap
+    out = {}
+    for lv in levels:
+        hit = np.flatnonzero(recovered >= lv - 1e-12)
+        out[lv] = float(curve.share[hit[0]]) if hit.size else float("nan")
+    return out
+
+
+def cascade_cost(share, c_weak: float, c_strong: float):
+    """Cost per example: the weak model always runs, the strong model on the deferred share."""
+    return c_weak + np.asarray(share, dtype=float) * c_strong
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """A confidence threshold τ chosen on val under a cost budget, and how it did on test."""
+
+    budget: float
+    tau: float
+    val_accuracy: float
+    val_share: float
+    test_accuracy: float = float("nan")
+    test_share: float = float("nan")
+    test_cost: float = float("nan")
+
+
+def threshold_for_budget(
+    val_confidence: np.ndarray,
+    val_weak_correct: np.ndarray,
+    val_strong_correct: np.ndarray,
+    budget: float,
+    c_weak: float,
+    c_strong: float,
+) -> BudgetChoice:
+    """The τ (defer when confidence < τ) with the highest val accuracy whose val cost ≤ budget.
+
+    Candidates sit halfway between consecutive distinct val confidences, plus τ = 0 (never defer)
+    and τ = ∞ (always defer). Ties in accuracy go to the cheaper threshold. τ is NaN when even the
+    weak model alone exceeds the budget.
+    """
+    conf = np.asarray(val_confidence, dtype=float)
+    order = np.argsort(conf, kind="stable")
+    conf = conf[order]
+    gain = np.asarray(val_strong_correct, float)[order] - np.asarray(val_weak_correct, float)[order]
+    n = len(conf)
+    acc = (np.sum(val_weak_correct) + np.concatenate([[0.0], np.cumsum(gain)])) / n
+    distinct = np.unique(conf)
+    counts = np.searchsorted(conf, distinct, side="left")  # deferred when τ sits just below each
+    taus = np.concatenate([[0.0], (distinct[:-1] + distinct[1:]) / 2, [np.inf]])
+    deferred = np.concatenate([[0], counts[1:], [n]])
+    share = deferred / n
+    feasible = cascade_cost(share, c_weak, c_strong) <= budget + 1e-12
+    if not feasible.any():
+        return BudgetChoice(budget, float("nan"), float("nan"), float("nan"))
+    cand_acc = np.where(feasible, acc[deferred], -np.inf)
+    best = int(np.flatnonzero(cand_acc == cand_acc.max())[0])  # first = fewest deferrals
+    return BudgetChoice(budget, float(taus[best]), float(acc[deferred[best]]), float(share[best]))
+
+
+def apply_threshold(
+    choice: BudgetChoice,
+    confidence: np.ndarray,
+    weak_correct: np.ndarray,
+    strong_correct: np.ndarray,
+    c_weak: float,
+    c_strong: float,
+) -> BudgetChoice:
+    """Score a val-chosen threshold on another split (test)."""
+    if np.isnan(choice.tau):
+        return choice
+    defer = np.asarray(confidence) < choice.tau
+    acc = float(np.mean(np.where(defer, strong_correct, weak_correct)))
+    share = float(defer.mean())
+    return BudgetChoice(
+        choice.budget,
+        choice.tau,
+        choice.val_accuracy,
+        choice.val_share,
+        acc,
+        share,
+        float(cascade_cost(share, c_weak, c_strong)),
+    )

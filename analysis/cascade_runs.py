@@ -1,0 +1,232 @@
+"""Cascade and calibration metrics for every (weak, strong) pair of a results directory.
+
+A cascade unit is one weak run and one ceiling run (the strong model trained on ground truth)
+with the same task and seed, taken from the w2s pairings, so only pairs that were run as an
+experiment appear. Per-seed metrics are averaged per (task, weak_model, strong_model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.calibration import aurc, ece, reliability_bins
+from analysis.cascade import (
+    PGR_LEVELS,
+    BudgetChoice,
+    apply_threshold,
+    audc,
+    cascade_cost,
+    deferral_curve,
+    normalised_audc,
+    share_for_pgr,
+    threshold_for_budget,
+)
+from analysis.predictions import PredictionStore, align
+
+CURVE_GRID = np.linspace(0.0, 1.0, 101)
+UNIT_KEYS = ("task", "weak_model", "strong_model")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A cost budget per example: absolute, or c_weak + share·c_strong of each pair."""
+
+    label: str
+    absolute: float | None = None
+    strong_share: float | None = None
+
+    def value(self, c_weak: float, c_strong: float) -> float:
+        if self.absolute is not None:
+            return self.absolute
+        return float(cascade_cost(self.strong_share, c_weak, c_strong))
+
+
+def budgets_from_args(shares: list[float] | None, absolute: list[float] | None) -> list[Budget]:
+    out = [Budget(f"{s:.0%} strong calls", strong_share=s) for s in shares or []]
+    out += [Budget(f"cost {b:g}", absolute=b) for b in absolute or []]
+    return out
+
+
+@dataclass
+class CascadeResults:
+    """Per-seed units, per-pair means, mean deferral curves and weak-model calibration."""
+
+    units: pd.DataFrame
+    table: pd.DataFrame
+    budgets: pd.DataFrame
+    curves: pd.DataFrame
+    calibration: pd.DataFrame
+    reliability: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def _costs(row: pd.Series, cost_weak: float | None, cost_strong: float | None) -> tuple[float, float]:
+    c_weak = cost_weak if cost_weak is not None else row["weak_params"]
+    c_strong = cost_strong if cost_strong is not None else row["strong_params"]
+    return float(c_weak), float(c_strong)
+
+
+def _unit_metrics(weak, strong, weak_val, strong_val, c_weak, c_strong, budgets, eps):
+    curve = deferral_curve(weak.probs, strong.probs, weak.labels)
+    shares = share_for_pgr(curve, PGR_LEVELS, eps)
+    metrics = {
+        "n_test": len(weak),
+        "acc_weak": curve.acc_weak,
+        "acc_strong": curve.acc_strong,
+        "audc": audc(curve.share, curve.accuracy),
+        "audc_random": audc(curve.share, curve.random),
+        "audc_oracle": audc(curve.share, curve.oracle),
+        "audc_norm": normalised_audc(curve),
+        "cost_weak": c_weak,
+        "cost_strong": c_strong,
+    }
+    for lv, share in shares.items():
+        metrics[f"share_pgr{round(lv * 100)}"] = share
+        metrics[f"cost_pgr{round(lv * 100)}"] = float(cascade_cost(share, c_weak, c_strong))
+    choices = []
+    for b in budgets:
+        budget = b.value(c_weak, c_strong)
+        if weak_val is None or strong_val is None or not np.isfinite(budget):
+            choices.append({"budget_label": b.label, **asdict(BudgetChoice(budget, *[np.nan] * 3))})
+            continue
+        choice = threshold_for_budget(
+            weak_val.confidence, weak_val.correct, strong_val.correct, budget, c_weak, c_strong
+        )
+        choice = apply_threshold(choice, weak.confidence, weak.correct, strong.correct, c_weak, c_strong)
+        choices.append({"budget_label": b.label, **asdict(choice)})
+    grid = {
+        "cascade": np.interp(CURVE_GRID, curve.share, curve.accuracy),
+        "random": np.interp(CURVE_GRID, curve.share, curve.random),
+        "oracle": np.interp(CURVE_GRID, curve.share, curve.oracle),
+    }
+    return metrics, choices, grid
+
+
+def run_cascades(
+    pairs: pd.DataFrame,
+    store: PredictionStore,
+    cost_weak: float | None = None,
+    cost_strong: float | None = None,
+    budgets: list[Budget] | None = None,
+    eps: float = 0.0,
+    n_bins: int = 15,
+) -> CascadeResults:
+    """Cascade metrics per (weak run, ceiling run), averaged per (task, weak, strong)."""
+    budgets = budgets if budgets is not None else [Budget("50% strong calls", strong_share=0.5)]
+    warnings: list[str] = []
+    cols = [*UNIT_KEYS, "seed", "weak_run", "ceiling_run", "weak_dir", "ceiling_dir", "weak_params", "strong_params"]
+    units_in = (
+        pairs.loc[pairs["paired"], cols].drop_duplicates(["weak_run", "ceiling_run"])
+        if not pairs.empty
+        else pd.DataFrame(columns=cols)
+    )
+    store.prefetch(list(units_in["weak_dir"]) + list(units_in["ceiling_dir"]))
+    unit_rows, budget_rows, curve_rows = [], [], []
+    for _, u in units_in.iterrows():
+        weak_test, strong_test = store.get(u["weak_dir"]), store.get(u["ceiling_dir"])
+        if weak_test is None or strong_test is None:
+            warnings.append(f"cascade {u['weak_run']}→{u['ceiling_run']}: test predictions unavailable")
+            continue
+        weak_val, strong_val = store.get(u["weak_dir"], "val"), store.get(u["ceiling_dir"], "val")
+        try:
+            weak_test, strong_test = align(weak_test, strong_test)
+            if weak_val is not None and strong_val is not None:
+                weak_val, strong_val = align(weak_val, strong_val)
+            if len(weak_test) == 0:
+                raise ValueError("no common test examples")
+        except ValueError as e:
+            warnings.append(f"cascade {u['weak_run']}→{u['ceiling_run']}: {e}")
+            continue
+        c_weak, c_strong = _costs(u, cost_weak, cost_strong)
+        metrics, choices, grid = _unit_metrics(
+            weak_test, strong_test, weak_val, strong_val, c_weak, c_strong, budgets, eps
+        )
+        ident = {k: u[k] for k in (*UNIT_KEYS, "seed", "weak_run", "ceiling_run")}
+        unit_rows.append({**ident, **metrics})
+        budget_rows += [{**ident, **c} for c in choices]
+        curve_rows.append({**ident, **grid})
+    units = pd.DataFrame(unit_rows)
+    budget_df = pd.DataFrame(budget_rows)
+    table = _pair_table(units, budget_df, budgets)
+    curves = _mean_curves(curve_rows)
+    calibration, reliability = _weak_calibration(units_in, store, n_bins)
+    return CascadeResults(units, table, budget_df, curves, calibration, reliability, warnings)
+
+
+def _pair_table(units: pd.DataFrame, budget_df: pd.DataFrame, budgets: list[Budget]) -> pd.DataFrame:
+    if units.empty:
+        return pd.DataFrame(columns=[*UNIT_KEYS, "n_seeds"])
+    keys = list(UNIT_KEYS)
+    metric_cols = [c for c in units.columns if c not in (*keys, "seed", "weak_run", "ceiling_run")]
+    table = units.groupby(keys, sort=True)[metric_cols].mean().reset_index()
+    table.insert(len(keys), "n_seeds", units.groupby(keys, sort=True).size().to_numpy())
+    if budgets and not budget_df.empty:
+        first = budget_df[budget_df["budget_label"] == budgets[0].label]
+        agg = first.groupby(keys, sort=True).agg(
+            budget=("budget", "mean"),
+            tau=("tau", "median"),
+            budget_test_accuracy=("test_accuracy", "mean"),
+            budget_test_share=("test_share", "mean"),
+            budget_test_cost=("test_cost", "mean"),
+        )
+        table = table.merge(agg.reset_index(), on=keys, how="left")
+        table["budget_label"] = budgets[0].label
+    return table
+
+
+def _mean_curves(curve_rows: list[dict]) -> pd.DataFrame:
+    """Deferral curves on a 101-point share grid, averaged over seeds (long format)."""
+    frames = []
+    by_pair: dict[tuple, list[dict]] = {}
+    for r in curve_rows:
+        by_pair.setdefault(tuple(r[k] for k in UNIT_KEYS), []).append(r)
+    for key, rows in sorted(by_pair.items()):
+        frame = pd.DataFrame({"share": CURVE_GRID})
+        for k, v in zip(UNIT_KEYS, key, strict=True):
+            frame[k] = v
+        frame["n_seeds"] = len(rows)
+        for name in ("cascade", "random", "oracle"):
+            frame[name] = np.mean([r[name] for r in rows], axis=0)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=[*UNIT_KEYS, "share", "n_seeds", "cascade", "random", "oracle"])
+    return pd.concat(frames, ignore_index=True)[[*UNIT_KEYS, "share", "n_seeds", "cascade", "random", "oracle"]]
+
+
+def _weak_calibration(units_in: pd.DataFrame, store: PredictionStore, n_bins: int):
+    """Per (task, weak_model): AURC and ECE averaged over weak runs; reliability bins pooled."""
+    rows, bins = [], []
+    weak_runs = units_in.drop_duplicates("weak_run")
+    for (task, weak_model), group in weak_runs.groupby(["task", "weak_model"], sort=True):
+        conf, corr, per_run = [], [], []
+        for d in group["weak_dir"]:
+            preds = store.get(d)
+            if preds is None:
+                continue
+            conf.append(preds.confidence)
+            corr.append(preds.correct)
+            per_run.append((aurc(preds.confidence, preds.correct), ece(preds.confidence, preds.correct, n_bins), preds.correct.mean()))
+        if not per_run:
+            continue
+        arr = np.array(per_run)
+        rows.append(
+            {
+                "task": task,
+                "weak_model": weak_model,
+                "n_seeds": len(per_run),
+                "accuracy": arr[:, 2].mean(),
+                "aurc": arr[:, 0].mean(),
+                "ece": arr[:, 1].mean(),
+            }
+        )
+        rel = reliability_bins(np.concatenate(conf), np.concatenate(corr), n_bins)
+        rel.insert(0, "weak_model", weak_model)
+        rel.insert(0, "task", task)
+        rel["n_seeds"] = len(per_run)
+        bins.append(rel)
+    calibration = pd.DataFrame(rows, columns=["task", "weak_model", "n_seeds", "accuracy", "aurc", "ece"])
+    reliability = pd.concat(bins, ignore_index=True) if bins else pd.DataFrame()
+    return calibration, reliability

@@ -1,0 +1,89 @@
+"""``w2s``: one experiment end to end (weak -> ceiling -> w2s for every seed); ``-m`` sweeps.
+
+JAX is imported inside the job, never before Hydra's launcher forks or submits jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from w2s.config import register
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("w2s")
+
+register()
+
+
+def summarize(table) -> str:
+    """Per-seed accuracies and PGR, then the mean PGR with a 95 % bootstrap CI over seeds."""
+    from analysis.pgr import pgr
+    from analysis.stats import bootstrap_mean_ci
+
+    lines = [f"{'seed':>6} {'weak':>8} {'ceiling':>8} {'w2s':>8} {'PGR':>8}"]
+    if not {"weak", "ceiling", "w2s"} <= set(table.columns):
+        return table.to_string(index=False)
+    table = table.assign(pgr=pgr(table["w2s"], table["weak"], table["ceiling"]))
+    for r in table.itertuples():
+        lines.append(f"{r.seed:>6} {r.weak:>8.4f} {r.ceiling:>8.4f} {r.w2s:>8.4f} {r.pgr:>8.3f}")
+    lo, hi = bootstrap_mean_ci(table["pgr"].to_numpy())
+    lines.append(
+        f"{'mean':>6} {table.weak.mean():>8.4f} {table.ceiling.mean():>8.4f} "
+        f"{table.w2s.mean():>8.4f} {table.pgr.mean():>8.3f}"
+    )
+    lines.append(f"PGR = {table.pgr.mean():.3f}, 95% CI [{lo:.3f}, {hi:.3f}] "
+                 f"(percentile bootstrap over {len(table)} seeds; undefined where ceiling <= weak)")
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> int:
+    from w2s.pipeline import Experiment
+
+    OmegaConf.resolve(cfg)
+    cache = Path(str(cfg.cache_dir)).expanduser()
+    os.environ.setdefault("W2S_CACHE", str(cache))
+    _compilation_cache(cache)
+    if cfg.dry_run:
+        from w2s.plan import print_plan
+
+        print_plan(cfg)
+        return 0
+    table = Experiment(cfg).run()
+    print(f"\n{cfg.task.name}: weak={cfg.weak.name} strong={cfg.strong.name} loss={cfg.loss.name}")
+    print(summarize(table))
+    print(f"runs written under {Path(cfg.results_dir).resolve()}/runs")
+    return 0
+
+
+def _compilation_cache(cache: Path) -> None:
+    """Persist compiled programs between processes: a rerun or the next sweep job starts warm."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _app(cfg: DictConfig) -> int:
+    return run(cfg)
+
+
+def main() -> None:
+    try:
+        _app()
+    except SystemExit:
+        raise
+    except Exception as e:  # a clear one-line error and a non-zero exit, not a traceback wall
+        log.debug("failed", exc_info=True)
+        print(f"w2s: error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

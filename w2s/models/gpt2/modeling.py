@@ -1,0 +1,193 @@
+"""GPT-2 (Radford et al. 2019) in Flax NNX: learned positions, pre-LN blocks, causal attention.
+
+Parameter names follow the HF checkpoint (``wte``, ``h/<i>/attn/c_attn`` ...) so the key map
+in ``params.py`` reads as a near-identity. The fused q/k/v projection keeps GPT-2's single
+kernel but as ``[hidden, 3, hidden]``, so tensor parallelism splits heads, not the q|k|v
+concatenation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from w2s.models.attention import attend
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu_new": partial(jax.nn.gelu, approximate=True),  # GPT-2's tanh approximation
+    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": partial(jax.nn.gelu, approximate=True),
+    "gelu": partial(jax.nn.gelu, approximate=False),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def _pick(d: dict, *names: str, default=None, required: bool = True):
+    """First of ``names`` present in the HF config; standard names come before GPT-2 aliases,
+    so an override such as ``num_hidden_layers`` wins over the checkpoint's ``n_layer``."""
+    for n in names:
+        if d.get(n) is not None:
+            return d[n]
+    if required and default is None:
+        raise ValueError(f"gpt2 config.json lacks {' / '.join(repr(n) for n in names)}")
+    return default
+
+
+@dataclass(frozen=True)
+class Config:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int
+    eps: float = 1e-5
+    activation: str = "gelu_new"
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, d: dict) -> Config:
+        hidden = _pick(d, "hidden_size", "n_embd")
+        cfg = cls(
+            vocab_size=_pick(d, "vocab_size"),
+            hidden_size=hidden,
+            num_layers=_pick(d, "num_hidden_layers", "n_layer"),
+            num_heads=_pick(d, "num_attention_heads", "n_head"),
+            intermediate_size=_pick(d, "intermediate_size", "n_inner", default=4 * hidden),
+            max_positions=_pick(d, "max_position_embeddings", "n_positions"),
+            eps=_pick(d, "layer_norm_epsilon", default=1e-5),
+            activation=_pick(d, "activation_function", default="gelu_new"),
+            scale_attn_weights=d.get("scale_attn_weights", True),
+            scale_attn_by_inverse_layer_idx=d.get("scale_attn_by_inverse_layer_idx", False),
+        )
+        if cfg.hidden_size % cfg.num_heads:
+            raise ValueError(f"gpt2: n_embd {cfg.hidden_size} is not a multiple of n_head {cfg.num_heads}")
+        if cfg.activation not in ACTIVATIONS:
+            raise ValueError(f"gpt2: activation '{cfg.activation}' unknown; known: {sorted(ACTIVATIONS)}")
+        if cfg.num_layers < 1:
+            raise ValueError(f"gpt2: num_hidden_layers must be >= 1, got {cfg.num_layers}")
+        return cfg
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm computed in float32 whatever the compute dtype (bf16 variance is too coarse)."""
+
+    def __init__(self, size: int, eps: float, *, dtype, param_dtype):
+        self.scale = nnx.Param(jnp.ones((size,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((size,), param_dtype))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Config, layer_idx: int, *, dtype, param_dtype, attention: str, rngs):
+        h = cfg.hidden_size
+        self.c_attn = nnx.Einsum(
+            "bsh,hkd->bskd", (h, 3, h), (3, h), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+        self.c_proj = nnx.Linear(h, h, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn_weights else 1.0
+        if cfg.scale_attn_by_inverse_layer_idx:
+            scale /= layer_idx + 1
+        self.scale = scale
+        self.attention = attention
+
+    def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
+        b, s, _ = x.shape
+        qkv = self.c_attn(x).reshape(b, s, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out = attend(q, k, v, lengths, causal=True, implementation=self.attention, scale=self.scale)
+        return self.c_proj(out.reshape(b, s, -1))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: Config, *, dtype, param_dtype, rngs):
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.c_fc = nnx.Linear(h, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.c_proj = nnx.Linear(i, h, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.act = ACTIVATIONS[cfg.activation]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class Block(nnx.Module):
+    """Pre-LN: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, cfg: Config, layer_idx: int, *, dtype, param_dtype, attention: str, rngs):
+        norm = partial(LayerNorm, cfg.hidden_size, cfg.eps, dtype=dtype, param_dtype=param_dtype)
+        self.ln_1 = norm()
+        self.attn = Attention(
+            cfg, layer_idx, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs
+        )
+        self.ln_2 = norm()
+        self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
+        x = x + self.attn(self.ln_1(x), lengths)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Model(nnx.Module):
+    """GPT-2 backbone: ``(input_ids [B,S], attention_mask [B,S]) -> hidden [B,S,H]`` after ln_f.
+
+    Rows are right-padded; the mask only gives each row's length.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        attention: str = "xla",
+        rngs: nnx.Rngs,
+    ):
+        self.config = cfg
+        embed = partial(nnx.Embed, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.wte = embed(cfg.vocab_size, cfg.hidden_size)
+        self.wpe = embed(cfg.max_positions, cfg.hidden_size)
+        self.h = nnx.List(
+            [
+                Block(cfg, i, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs)
+                for i in range(cfg.num_layers)
+            ]
+        )
+        self.ln_f = LayerNorm(cfg.hidden_size, cfg.eps, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        if input_ids.shape[1] > self.config.max_positions:  # jnp.take would fill with NaN
+            raise ValueError(
+                f"gpt2: sequence length {input_ids.shape[1]} exceeds n_positions "
+                f"{self.config.max_positions}"
+            )
+        lengths = attention_mask.sum(-1)
+        positions = jnp.arange(input_ids.shape[1])
+        x = self.wte(input_ids) + self.wpe(positions)[None]
+        for block in self.h:
+            x = block(x, lengths)
+        return self.ln_f(x)

@@ -1,0 +1,17 @@
+"""Llama family: serves model_type llama, qwen2 and mistral (see ``modeling`` for limits)."""
+
+from w2s.models.llama.modeling import Config, Model
+from w2s.models.llama.params import PREFIXES, SHARDING, key_map
+from w2s.models.registry import Family
+
+FAMILY = Family(
+    name="llama",
+    config_from_hf=Config.from_hf,
+    module=Model,
+    key_map=key_map,
+    prefixes=PREFIXES,
+    sharding=SHARDING,
+    pooling="last",
+)
+
+__all__ = ["FAMILY", "Config", "Model"]

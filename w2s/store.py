@@ -1,0 +1,110 @@
+"""Content-addressed run directories: ``<results>/runs/<kind>/<run_id>/``.
+
+A run's id is a hash of what determines its numbers (never of cosmetic keys such as progress
+bars or the results path), so the same run asked for twice is found, not recomputed. Every
+file is written to a temporary name and renamed; ``metrics.json`` is written last, so a run
+with ``status: done`` always has its predictions beside it. A failed run records
+``status: failed`` and its error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+KINDS = ("weak", "ceiling", "w2s")
+
+
+def run_id(identity: dict) -> str:
+    blob = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    def w(tmp):
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable))
+
+    _atomic_write(path, w)
+
+
+def _jsonable(x):
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class RunStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def dir(self, kind: str, rid: str) -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"run kind '{kind}' unknown; use one of {KINDS}")
+        return self.root / "runs" / kind / rid
+
+    def finished(self, kind: str, rid: str) -> dict | None:
+        """The metrics of a finished run, or None."""
+        m = read_json(self.dir(kind, rid) / "metrics.json")
+        if m and m.get("status") == "done" and (self.dir(kind, rid) / "predictions.parquet").is_file():
+            return m
+        return None
+
+    def start(self, kind: str, rid: str, config: dict, header: dict) -> Path:
+        """Create the run dir with its resolved config; mark it running (not a result yet)."""
+        d = self.dir(kind, rid)
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in ("predictions.parquet",):
+            (d / stale).unlink(missing_ok=True)
+
+        def w(tmp):
+            Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False))
+
+        _atomic_write(d / "config.yaml", w)
+        write_json(d / "metrics.json", {**header, "status": "running"})
+        return d
+
+    def finish(self, d: Path, metrics: dict, predictions: pd.DataFrame) -> None:
+        _atomic_write(d / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
+        write_json(d / "metrics.json", {**metrics, "status": "done"})
+
+    def fail(self, d: Path, header: dict, error: BaseException) -> None:
+        (d / "predictions.parquet").unlink(missing_ok=True)
+        write_json(
+            d / "metrics.json",
+            {
+                **header,
+                "status": "failed",
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": "".join(traceback.format_exception(error))[-4000:],
+            },
+        )
+
+    def predictions(self, kind: str, rid: str) -> pd.DataFrame:
+        return pd.read_parquet(self.dir(kind, rid) / "predictions.parquet")

@@ -1,0 +1,256 @@
+"""Epochs over bucketed batches: progress, checkpoints, resume and prediction.
+
+The data order is a pure function of (seed, epoch), so a run resumed from step k replays the
+same batches from k on and ends with the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from w2s.config import TrainConfig
+from w2s.train.batches import Batch, epoch_batches, eval_batches, pad_rows
+from w2s.train.step import make_train_step, optimizer, predict_probs
+
+log = logging.getLogger("w2s.train")
+
+
+@dataclass
+class View:
+    """One tokenizer's token ids for every example of a split."""
+
+    ids: list[np.ndarray]
+    pad_id: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), np.int64, len(self.ids))
+
+    def take(self, index: np.ndarray) -> View:
+        return View([self.ids[i] for i in index], self.pad_id)
+
+
+@dataclass
+class TrainResult:
+    params: object
+    steps: int
+    seconds: float
+    compile_seconds: float
+    examples_per_second: float
+    resumed_from: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class StepCache:
+    """Compiled steps shared by runs with the same model, optimizer and loss (e.g. seeds)."""
+
+    def __init__(self):
+        self._steps: dict = {}
+
+    def get(self, key, build):
+        if key not in self._steps:
+            self._steps[key] = jax.jit(build(), donate_argnums=(0, 1))
+        return self._steps[key]
+
+
+STEPS = StepCache()
+
+
+def _batch_arrays(view: View, teacher_view: View | None, b: Batch, targets, labels) -> dict:
+    ids, mask = pad_rows(view.ids, b.index, b.length, view.pad_id)
+    out = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "targets": targets[b.index].astype(np.float32),
+        "labels": labels[b.index].astype(np.int32),
+        "weight": b.weight,
+    }
+    if teacher_view is not None:
+        out["teacher_input_ids"], out["teacher_attention_mask"] = pad_rows(
+            teacher_view.ids, b.index, b.length, teacher_view.pad_id
+        )
+    return out
+
+
+def _max_lengths(view: View, teacher_view: View | None) -> np.ndarray:
+    lengths = view.lengths
+    if teacher_view is not None:
+        lengths = np.maximum(lengths, teacher_view.lengths)
+    return lengths
+
+
+def train(
+    model: nnx.Module,
+    view: View,
+    targets: np.ndarray,
+    labels: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    loss_fn,
+    loss_key,
+    lr: float,
+    seed: int,
+    buckets: list[int],
+    ckpt_dir: Path | None = None,
+    teacher: tuple[nnx.Module, View, float] | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place on (view, targets); ``teacher=(model, view, T)`` for live KD."""
+    graphdef, params = nnx.split(model)
+    lengths = _max_lengths(view, teacher[1] if teacher else None)
+    per_epoch = len(epoch_batches(lengths, buckets, cfg.batch_size, seed, 0))
+    total = per_epoch * cfg.epochs
+    updates = max(total // max(cfg.grad_accum, 1), 1)
+    tx = optimizer(cfg, lr, updates)
+    t_graphdef, t_params, t_view, temperature = None, None, None, 1.0
+    if teacher is not None:
+        t_graphdef, t_params = nnx.split(teacher[0])
+        t_view, temperature = teacher[1], teacher[2]
+    key = (graphdef, t_graphdef, temperature, loss_key, _train_key(cfg), lr, updates)
+    step_fn = STEPS.get(
+        key,
+        lambda: make_train_step(
+            graphdef, tx, loss_fn,
+            teacher=(t_graphdef, temperature) if teacher is not None else None,
+            remat=cfg.remat,
+        ),
+    )
+    params = jax.tree.map(jnp.array, params)  # fresh buffers: the step donates them
+    opt_state = tx.init(params)
+
+    manager = _checkpointer(ckpt_dir, cfg.checkpoint_every) if ckpt_dir else None
+    start = 0
+    if manager is not None and manager.latest_step() is not None:
+        start = int(manager.latest_step())
+        restored = _restore(manager, start, params, opt_state)
+        params, opt_state = restored["params"], restored["opt_state"]
+        log.info("%s: resumed from checkpoint at step %d", desc, start)
+
+    history: list[dict] = []
+    seen, t0, compile_s, step = 0, time.perf_counter(), 0.0, 0
+    bar = _progress(total, start, desc, cfg.progress)
+    shapes_seen: set = set()
+    pending = []
+    for epoch in range(cfg.epochs):
+        for b in epoch_batches(lengths, buckets, cfg.batch_size, seed, epoch):
+            step += 1
+            if step <= start:
+                continue
+            arrays = _batch_arrays(view, t_view, b, targets, labels)
+            frac = np.float32((step - 1) / max(total, 1))
+            t_step = time.perf_counter()
+            args = (params, opt_state, arrays, frac) + ((t_params,) if teacher else ())
+            params, opt_state, stats = step_fn(*args)
+            if b.length not in shapes_seen:  # first call of a shape includes its compilation
+                shapes_seen.add(b.length)
+                jax.block_until_ready(stats["loss"])
+                compile_s += time.perf_counter() - t_step
+            seen += int(b.weight.sum())
+            pending.append(stats)
+            if len(pending) >= 10 or step == total:
+                _check_and_report(pending, step, bar, seen, t0, history)
+                pending = []
+            if manager is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                _save(manager, step, params, opt_state)
+    if pending:
+        _check_and_report(pending, step, bar, seen, t0, history)
+    jax.block_until_ready(params)
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    if manager is not None:
+        manager.wait_until_finished()
+        manager.close()
+    nnx.update(model, params)
+    return TrainResult(
+        params=params,
+        steps=total,
+        seconds=seconds,
+        compile_seconds=compile_s,
+        examples_per_second=seen / max(seconds - compile_s, 1e-9),
+        resumed_from=start,
+        history=history,
+    )
+
+
+def _train_key(cfg: TrainConfig) -> tuple:
+    return (cfg.optimizer, cfg.weight_decay, cfg.warmup_frac, cfg.schedule, cfg.clip_norm,
+            cfg.grad_accum, cfg.remat)
+
+
+def _check_and_report(pending, step, bar, seen, t0, history):
+    """Pull the last few steps' stats to the host (one sync per report), stop on NaN."""
+    stats = jax.device_get(pending)
+    losses = np.array([s["loss"] for s in stats])
+    if not np.all(np.isfinite(losses)):
+        bad = step - len(stats) + int(np.argmin(np.isfinite(losses)))
+        raise FloatingPointError(f"training loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}")
+    last = stats[-1]
+    rec = {"step": step, "loss": float(losses.mean()), "accuracy": float(np.mean([s["accuracy"] for s in stats]))}
+    history.append(rec)
+    if bar is not None:
+        rate = seen / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.3f}", ex_s=f"{rate:.0f}")
+        bar.update(len(stats))
+    del last
+
+
+def _progress(total, start, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _checkpointer(ckpt_dir: Path, every: int):
+    if not every:
+        return None
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        Path(ckpt_dir).absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+    )
+
+
+def _save(manager, step, params, opt_state):
+    import orbax.checkpoint as ocp
+
+    manager.save(step, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}))
+
+
+def _restore(manager, step, params, opt_state):
+    import orbax.checkpoint as ocp
+
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state})
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
+
+
+def predict(model: nnx.Module, view: View, batch_size: int, buckets: list[int]) -> np.ndarray:
+    """Probabilities [N, C] for every example, one compilation per bucket."""
+    graphdef, params = nnx.split(model)
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for b in eval_batches(view.lengths, buckets, batch_size):
+        ids, mask = pad_rows(view.ids, b.index, b.length, view.pad_id)
+        probs = predict_probs(graphdef, params, ids, mask)
+        out.append((b.index[b.weight > 0], np.asarray(probs)[b.weight > 0]))
+    n = len(view.ids)
+    num_labels = out[0][1].shape[1]
+    probs = np.zeros((n, num_labels), np.float32)
+    for index, p in out:
+        probs[index] = p
+    return probs
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)

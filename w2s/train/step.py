@@ -1,0 +1,115 @@
+"""The jitted train and predict steps, written functionally over (graphdef, params).
+
+One compiled step per batch shape: params and optimizer state are donated, the loss and
+logits are float32 whatever the compute dtype. The same step function serves ground-truth,
+weak-label and live-teacher training: a live teacher's logits are computed inside the step,
+with no gradient, from its own token view of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from w2s.config import TrainConfig
+
+LossFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def learning_rate(cfg: TrainConfig, lr: float, total_steps: int) -> optax.Schedule:
+    warmup = int(round(cfg.warmup_frac * total_steps))
+    decay = max(total_steps - warmup, 1)
+    if cfg.schedule == "cosine":
+        after = optax.cosine_decay_schedule(lr, decay)
+    elif cfg.schedule == "linear":
+        after = optax.linear_schedule(lr, 0.0, decay)
+    elif cfg.schedule == "constant":
+        after = optax.constant_schedule(lr)
+    else:
+        raise ValueError(f"train.schedule '{cfg.schedule}' unknown; use cosine, linear or constant")
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+
+
+def optimizer(cfg: TrainConfig, lr: float, total_steps: int) -> optax.GradientTransformation:
+    """Clipping + the chosen optimizer on a warm-up/decay schedule, with gradient accumulation."""
+    sched = learning_rate(cfg, lr, total_steps)
+    if cfg.optimizer == "adam":
+        opt = optax.adam(sched)
+    elif cfg.optimizer == "adamw":
+        opt = optax.adamw(sched, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adafactor":
+        opt = optax.adafactor(sched, weight_decay_rate=cfg.weight_decay or None)
+    else:
+        raise ValueError(f"train.optimizer '{cfg.optimizer}' unknown; use adam, adamw or adafactor")
+    if cfg.clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    if cfg.grad_accum > 1:
+        opt = optax.MultiSteps(opt, every_k_schedule=cfg.grad_accum)
+    return opt
+
+
+def forward(graphdef: nnx.GraphDef, params, batch: dict, prefix: str = "") -> jax.Array:
+    model = nnx.merge(graphdef, params)
+    return model(batch[prefix + "input_ids"], batch[prefix + "attention_mask"]).astype(jnp.float32)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    *,
+    teacher: tuple[nnx.GraphDef, float] | None = None,
+    remat: str = "none",
+):
+    """step(params, opt_state, batch, step_frac[, teacher_params]) -> (params, opt_state, stats).
+
+    ``batch`` holds ``input_ids``, ``attention_mask``, ``targets`` [B,C], ``weight`` [B] and
+    ``labels`` [B] (for the progress accuracy only). With ``teacher=(graphdef, T)`` the
+    targets are the teacher's tempered probabilities on ``teacher_input_ids``.
+    """
+
+    def loss_of(params, batch, step_frac, teacher_params):
+        targets = batch["targets"]
+        if teacher is not None:
+            t_graphdef, temperature = teacher
+            t_logits = jax.lax.stop_gradient(forward(t_graphdef, teacher_params, batch, "teacher_"))
+            targets = jax.nn.softmax(t_logits / temperature, axis=-1)
+        logits = forward(graphdef, params, batch)
+        return loss_fn(logits, targets, batch["weight"], step_frac, batch), logits
+
+    if remat == "full":
+        loss_of = jax.checkpoint(loss_of)
+    elif remat == "dots":
+        loss_of = jax.checkpoint(loss_of, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    elif remat != "none":
+        raise ValueError(f"train.remat '{remat}' unknown; use none, full or dots")
+
+    def step(params, opt_state, batch, step_frac, teacher_params=None):
+        (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(
+            params, batch, step_frac, teacher_params
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        w = batch["weight"]
+        correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
+        stats = {
+            "loss": loss,
+            "accuracy": jnp.sum(correct * w) / jnp.maximum(jnp.sum(w), 1.0),
+            "grad_norm": optax.global_norm(grads),
+        }
+        return params, opt_state, stats
+
+    return step
+
+
+@partial(jax.jit, static_argnums=0)
+def predict_probs(graphdef: nnx.GraphDef, params, input_ids, attention_mask) -> jax.Array:
+    """Softmax probabilities [B, C] in float32."""
+    return jax.nn.softmax(forward(graphdef, params, {"input_ids": input_ids, "attention_mask": attention_mask}), -1)
