@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,11 +20,19 @@ transformers = pytest.importorskip("transformers")
 
 LENGTHS = [9, 4, 6, 1]
 TOL_F32 = 1e-4
-# bf16 compute on f32 params, 2 layers: measured max |bf16 - f32| / max |f32| ~ 1e-2 over the
-# valid positions of every checkpoint below; 3e-2 leaves headroom for BLAS differences.
-TOL_BF16_REL = 3e-2
+# bf16 compute on f32 params, 2-3 layers: measured max |bf16 - f32| / max |f32| = 0.9e-2 .. 1.7e-2
+# (1-2 bf16 ulps) over the valid positions of the four checkpoints below; 4e-2 leaves headroom.
+TOL_BF16_REL = 4e-2
 
-SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+# initializer_range 0.1 (HF default 0.02) sharpens attention, so a RoPE mistake (wrong theta,
+# interleaved pairs) moves hidden states by > 0.1 instead of ~ 1e-3: far above TOL_F32.
+SMALL = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    initializer_range=0.1,
+)
 
 # name -> (model class, config class, config kwargs)
 CASES = {
@@ -123,12 +132,14 @@ def test_classifier_last_pooling_qwen2(checkpoints):
     assert clf.pooling == "last"
     pooled = pool(clf.backbone(jnp.asarray(ids), jnp.asarray(mask)), jnp.asarray(mask), "last")
     want = torch_hidden(model, ids, mask)[np.arange(len(LENGTHS)), np.asarray(LENGTHS) - 1]
-    assert float(np.abs(np.asarray(pooled) - want).max()) <= TOL_F32
+    diff = float(np.abs(np.asarray(pooled) - want).max())
+    print(f"\nqwen2 classifier last pooling: max |jax - torch[len-1]| = {diff:.2e}")
+    assert diff <= TOL_F32
     logits = clf(jnp.asarray(ids), jnp.asarray(mask))
     assert logits.shape == (len(LENGTHS), 3) and not np.asarray(logits).any()  # zero-init head
 
 
-@pytest.mark.parametrize("name", ["llama_causal_gqa_untied", "qwen2_causal_tied"])
+@pytest.mark.parametrize("name", list(CASES))
 def test_bf16_compute_close_to_f32(name, checkpoints):
     _, ckpt = checkpoints[name]
     ids, mask = (jnp.asarray(a) for a in right_padded(128, LENGTHS))
@@ -170,15 +181,14 @@ def test_config_reads_both_rope_layouts():
 
 
 @pytest.mark.parametrize(
-    "rope",
+    "rope, kind",
     [
-        {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
-        {"rope_scaling": {"type": "linear", "factor": 2.0}},
-        {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}},
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3"),
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "linear"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}, "yarn"),
     ],
 )
-def test_scaled_rope_is_refused(rope):
-    kind = next(iter(rope.values())).get("rope_type") or next(iter(rope.values()))["type"]
+def test_scaled_rope_is_refused(rope, kind):
     with pytest.raises(ValueError, match=f"RoPE type '{kind}'"):
         Config.from_hf({**BASE, **rope})
 
@@ -210,7 +220,7 @@ def test_bad_activation_refused():
 def test_sharding_rules_cover_every_parameter():
     cfg = Config.from_hf({**BASE, "model_type": "qwen2", "num_key_value_heads": 2})
     model = nnx.eval_shape(lambda: Model(cfg, rngs=nnx.Rngs(0)))
-    mesh = make_mesh(data=1, fsdp=1, tp=1, devices=[__import__("jax").devices()[0]])
+    mesh = make_mesh(data=1, fsdp=1, tp=1, devices=jax.devices()[:1])
     specs = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         spec = spec_for(path, var.get_value().shape, FAMILY.sharding, mesh)
