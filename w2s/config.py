@@ -117,7 +117,7 @@ class Config:
     filter_q: float = 1.0  # train the strong model on the top-q share of B by weak confidence
     s2s_rounds: int = 0  # strong-to-strong rounds after w2s
     results_dir: str = "results"
-    cache_dir: str = "${oc.env:W2S_CACHE,~/.cache/w2s}"
+    cache_dir: str = "${oc.env:W2S_CACHE,${oc.env:HOME}/.cache/w2s}"
     force: bool = False  # recompute runs even when a finished one exists
     dry_run: bool = False  # print the memory plan and exit
 

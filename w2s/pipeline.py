@@ -102,7 +102,7 @@ class Experiment:
             views[m.name] = View(t.ids, int(tok.pad_token_id))
             keep &= t.keep
         if not keep.all():
-            self.task = self.task.subset(keep)
+            self.task = self.task.subset(keep, reason=f"longer than {self.cfg.task.max_length} tokens")
             index = np.flatnonzero(keep)
             views = {k: v.take(index) for k, v in views.items()}
         return views

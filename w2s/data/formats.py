@@ -34,6 +34,11 @@ class Format:
     build: Builder
 
 
+def _str(value: object) -> str:
+    """A cell as text; a missing cell (None/NaN) is empty, never the string "nan"."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
 def _text(value: object) -> str | None:
     """A usable answer string, or None for missing/blank cells."""
     if isinstance(value, str) and value.strip():
@@ -66,11 +71,15 @@ def _coin_pairs(
 
 
 def build_sciq(df: pd.DataFrame, rng: np.random.Generator, where: str) -> Built:
-    prompts = [f"Q: {q} A: " for q in df["question"]]
+    prompts = [f"Q: {_str(q)} A: " for q in df["question"]]
     answers = [
         list(row)
         for row in zip(
-            df["correct_answer"], df["distractor1"], df["distractor2"], df["distractor3"], strict=True
+            df["correct_answer"],
+            df["distractor1"],
+            df["distractor2"],
+            df["distractor3"],
+            strict=True,
         )
     ]
     return _coin_pairs(prompts, answers, [0] * len(df), rng)
@@ -78,7 +87,7 @@ def build_sciq(df: pd.DataFrame, rng: np.random.Generator, where: str) -> Built:
 
 def build_cosmos_qa(df: pd.DataFrame, rng: np.random.Generator, where: str) -> Built:
     prompts = [
-        f"Content: {c}\n\nQuestion: {q}\n\nAnswer: "
+        f"Content: {_str(c)}\n\nQuestion: {_str(q)}\n\nAnswer: "
         for c, q in zip(df["context"], df["question"], strict=True)
     ]
     answers = [list(r) for r in zip(*(df[f"answer{k}"] for k in range(4)), strict=True)]
@@ -96,14 +105,15 @@ def _binary(value: object, where: str, row: int, column: str) -> int:
 
 def build_boolq(df: pd.DataFrame, rng: np.random.Generator, where: str) -> Built:
     texts = [
-        f"Passage: {p}\nQuestion: {q}" for p, q in zip(df["passage"], df["question"], strict=True)
+        f"Passage: {_str(p)}\nQuestion: {_str(q)}"
+        for p, q in zip(df["passage"], df["question"], strict=True)
     ]
     labels = [_binary(a, where, i, "answer") for i, a in enumerate(df["answer"])]
     return texts, labels, [True] * len(df)
 
 
 def build_amazon_polarity(df: pd.DataFrame, rng: np.random.Generator, where: str) -> Built:
-    texts = [f"{t}\n{c}" for t, c in zip(df["title"], df["content"], strict=True)]
+    texts = [f"{_str(t)}\n{_str(c)}" for t, c in zip(df["title"], df["content"], strict=True)]
     labels = [_binary(y, where, i, "label") for i, y in enumerate(df["label"])]
     return texts, labels, [True] * len(df)
 
@@ -111,7 +121,7 @@ def build_amazon_polarity(df: pd.DataFrame, rng: np.random.Generator, where: str
 def build_anthropic_hh(df: pd.DataFrame, rng: np.random.Generator, where: str) -> Built:
     heads = rng.random(len(df)) < 0.5
     texts = [
-        str(c) if h else str(r)
+        _str(c) if h else _str(r)
         for h, c, r in zip(heads, df["chosen"], df["rejected"], strict=True)
     ]
     return texts, heads.astype(int).tolist(), [True] * len(df)

@@ -9,6 +9,7 @@ the largest label + 1, and at least 2. ``task.classes``, when set, names the lab
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,18 @@ from w2s.data.io import read_table, require_columns
 from w2s.data.tasks import DataError, TaskData, register_loader
 
 
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float | np.floating) and np.isnan(value))
+
+
 def _as_int(value: object) -> int | None:
-    """``value`` as an int if it is one (integral floats, as CSV blanks make, count), else None."""
+    """``value`` as an int if it is one, else None. Integral floats (a CSV column with a blank
+    cell turns float) and digit strings (a CSV column with a non-number turns to strings) count."""
     if isinstance(value, bool | np.bool_):
         return None
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
     if isinstance(value, int | np.integer):
         return int(value)
     if isinstance(value, float | np.floating) and np.isfinite(value) and float(value).is_integer():
@@ -50,7 +59,7 @@ def _ids(values: list[object], path: Path) -> list[str]:
     ids: list[str] = []
     first: dict[str, int] = {}
     for i, value in enumerate(values):
-        if value is None or (isinstance(value, float) and np.isnan(value)):
+        if _missing(value):
             raise DataError(f"{path}: row {i}: id is missing")
         key = str(value)
         if key in first:
@@ -83,6 +92,8 @@ def load_local(cfg: TaskConfig, cache_dir: Path) -> TaskData:
     require_columns(df, ("text", "label"), path)
     texts = df["text"].tolist()
     for i, text in enumerate(texts):
+        if _missing(text):
+            raise DataError(f"{path}: row {i}: text is missing")
         if not isinstance(text, str):
             raise DataError(f"{path}: row {i}: text {text!r} is not a string")
     labels = _labels(df["label"].tolist(), path, declared)

@@ -81,7 +81,8 @@ def make_splits(data: TaskData, cfg: TaskConfig, seed: int) -> dict[str, np.ndar
     if n == 0:
         raise DataError(f"task {data.name!r} has no examples left to split{_dropped(data)}")
     if n < need:
-        detail = ", ".join(f"{k}={v}" for k, v in zip(("n_a", "n_b", "n_val", "n_test"), sizes))
+        names = ("n_a", "n_b", "n_val", "n_test")
+        detail = ", ".join(f"{k}={v}" for k, v in zip(names, sizes, strict=True))
         raise DataError(
             f"task {data.name!r}: {n} examples available but the splits need {need} ({detail}); "
             f"lower the task's split sizes{_dropped(data)}"
