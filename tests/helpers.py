@@ -23,7 +23,9 @@ def save_tiny(model_cls, config, out_dir: Path, seed: int = 0):
     return model, out_dir
 
 
-def right_padded(vocab_size: int, lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def right_padded(
+    vocab_size: int, lengths: list[int], seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Random ids [B, max(lengths)] with right padding (pad id 0) and the attention mask."""
     rng = np.random.default_rng(seed)
     seq = max(lengths)
@@ -38,8 +40,10 @@ def torch_hidden(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     base = getattr(model, model.base_model_prefix, model)
     with torch.no_grad():
-        out = base(input_ids=torch.as_tensor(ids, dtype=torch.long),
-                   attention_mask=torch.as_tensor(mask, dtype=torch.long))
+        out = base(
+            input_ids=torch.as_tensor(ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(mask, dtype=torch.long),
+        )
     return out.last_hidden_state.float().numpy()
 
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -77,16 +76,23 @@ def load_weights(module, family: Family, cfg, ckpt: Path, *, mesh=None) -> nnx.M
             )
         array = np.asarray(array, dtype=want.dtype)
         if mesh is not None:
-            filled[path] = jax.device_put(array, named_sharding(path, array.shape, family.sharding, mesh))
-        else:
-            filled[path] = jnp.asarray(array)
+            filled[path] = jax.device_put(
+                array, named_sharding(path, array.shape, family.sharding, mesh)
+            )
+        else:  # device_put, unlike jnp.asarray, adopts an aligned host buffer on CPU (no copy)
+            filled[path] = jax.device_put(array)
         del array
-    missing = sorted(k for k, (path, _) in key_map.items() if path not in filled)
+    first_key: dict[tuple, str] = {}  # one name per parameter when a family lists aliases
+    for hf_key, (path, _) in key_map.items():
+        first_key.setdefault(path, hf_key)
+    missing = sorted(k for path, k in first_key.items() if path not in filled)
     if missing:
         raise CheckpointError(f"{ckpt}: checkpoint lacks {len(missing)} tensors: {missing}")
     if unused:
-        log.info("%s: %d checkpoint tensors not used by the backbone: %s", ckpt.name, len(unused), unused)
+        log.info(
+            "%s: %d checkpoint tensors not used by the backbone: %s", ckpt.name, len(unused), unused
+        )
     log.info("%s: loaded %d tensors in %.1fs", ckpt.name, len(filled), time.perf_counter() - t0)
     for path, var in flat.items():
         flat[path] = var.replace(filled[path])
-    return nnx.merge(graphdef, nnx.State.from_flat_path(flat))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))

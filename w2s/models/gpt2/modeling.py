@@ -31,13 +31,13 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def _pick(d: dict, *names: str, default=None, required: bool = True):
+def _pick(d: dict, *names: str, default=None):
     """First of ``names`` present in the HF config; standard names come before GPT-2 aliases,
     so an override such as ``num_hidden_layers`` wins over the checkpoint's ``n_layer``."""
     for n in names:
         if d.get(n) is not None:
             return d[n]
-    if required and default is None:
+    if default is None:
         raise ValueError(f"gpt2 config.json lacks {' / '.join(repr(n) for n in names)}")
     return default
 
@@ -75,9 +75,13 @@ class Config:
             scale_attn_by_inverse_layer_idx=d.get("scale_attn_by_inverse_layer_idx", False),
         )
         if cfg.hidden_size % cfg.num_heads:
-            raise ValueError(f"gpt2: n_embd {cfg.hidden_size} is not a multiple of n_head {cfg.num_heads}")
+            raise ValueError(
+                f"gpt2: n_embd {cfg.hidden_size} is not a multiple of n_head {cfg.num_heads}"
+            )
         if cfg.activation not in ACTIVATIONS:
-            raise ValueError(f"gpt2: activation '{cfg.activation}' unknown; known: {sorted(ACTIVATIONS)}")
+            raise ValueError(
+                f"gpt2: activation '{cfg.activation}' unknown; known: {sorted(ACTIVATIONS)}"
+            )
         if cfg.num_layers < 1:
             raise ValueError(f"gpt2: num_hidden_layers must be >= 1, got {cfg.num_layers}")
         return cfg
