@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -50,35 +51,43 @@ LITERAL = {
 }
 
 
-@pytest.mark.parametrize("kind", DIVERGENCES)
+@partial(jax.jit, static_argnames="scale_by_t2")
+def all_kinds(z, q, t, scale_by_t2=True):
+    """Every kind at once, temperature traced: [len(DIVERGENCES), B]."""
+    return jnp.stack([divergence(z, q, k, t, scale_by_t2=scale_by_t2) for k in DIVERGENCES])
+
+
 @pytest.mark.parametrize("t", [1.0, 2.0])
-def test_closed_form(kind, t):
+def test_closed_form(t):
     # logits (0, T ln 3) give p = (1/4, 3/4) at temperature T; the result carries T**2
-    z = jnp.array([[0.0, t * math.log(3.0)]])
-    got = divergence(z, jnp.array([[0.5, 0.5]]), kind, t)
-    np.testing.assert_allclose(got, [LITERAL[kind] * t**2], rtol=1e-5)
-    raw = divergence(z, jnp.array([[0.5, 0.5]]), kind, t, scale_by_t2=False)
-    np.testing.assert_allclose(raw, [LITERAL[kind]], rtol=1e-5)
+    z, q = jnp.array([[0.0, t * math.log(3.0)]]), jnp.array([[0.5, 0.5]])
+    want = np.array([[LITERAL[k]] for k in DIVERGENCES])
+    np.testing.assert_allclose(all_kinds(z, q, t), want * t**2, rtol=1e-5)
+    np.testing.assert_allclose(all_kinds(z, q, t, scale_by_t2=False), want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", DIVERGENCES)
 @pytest.mark.parametrize("t", [1.0, 2.0])
-def test_matches_numpy(kind, t):
-    got = divergence(jnp.asarray(Z), jnp.asarray(Q), kind, t)
-    assert got.shape == (3,) and got.dtype == jnp.float32
-    np.testing.assert_allclose(got, np_divergence(Z, Q, kind, t), rtol=1e-5, atol=1e-6)
+def test_matches_numpy(t):
+    got = all_kinds(jnp.asarray(Z), jnp.asarray(Q), t)  # jitted, temperature traced
+    assert got.shape == (4, 3) and got.dtype == jnp.float32
+    for k, kind in enumerate(DIVERGENCES):
+        np.testing.assert_allclose(got[k], np_divergence(Z, Q, kind, t), rtol=1e-5, atol=1e-6)
     rng = np.random.default_rng(0)  # 3 classes
     z3 = rng.normal(size=(4, 3)).astype(np.float32)
     q3 = np_softmax(rng.normal(size=(4, 3))).astype(np.float32)
-    got3 = divergence(jnp.asarray(z3), jnp.asarray(q3), kind, t)
-    np.testing.assert_allclose(got3, np_divergence(z3, q3, kind, t), rtol=1e-5, atol=1e-6)
+    got3 = all_kinds(jnp.asarray(z3), jnp.asarray(q3), t)
+    for k, kind in enumerate(DIVERGENCES):
+        np.testing.assert_allclose(got3[k], np_divergence(z3, q3, kind, t), rtol=1e-5, atol=1e-6)
+    # eager, static temperature: same numbers
+    np.testing.assert_allclose(
+        divergence(jnp.asarray(Z), jnp.asarray(Q), "js", t), got[2], rtol=1e-6
+    )
 
 
 def test_basic_properties():
     q = jnp.array([[0.2, 0.8], [0.6, 0.4]])
     z = jnp.log(q)  # student equal to teacher at T = 1
-    for kind in DIVERGENCES:
-        np.testing.assert_allclose(divergence(z, q, kind), 0.0, atol=1e-6)
+    np.testing.assert_allclose(all_kinds(z, q, 1.0), 0.0, atol=1e-6)
     # fkl = CE(q, p) - H(q)
     z2 = jnp.array([[0.3, -1.0], [2.0, 0.5]])
     ce = -jnp.sum(q * jax.nn.log_softmax(z2), -1)
@@ -96,16 +105,14 @@ def test_temper_is_tempered_softmax_and_frozen():
     np.testing.assert_array_equal(gq, 0.0)
 
 
-@pytest.mark.parametrize("kind", DIVERGENCES)
-def test_hard_teacher_and_saturated_student_are_finite(kind):
+def test_hard_teacher_and_saturated_student_are_finite():
     z = jnp.array([[60.0, -60.0], [-60.0, 60.0], [0.0, 0.0]])
     q = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    val, grad = jax.value_and_grad(lambda x: divergence(x, q, kind, 2.0).sum())(z)
-    assert np.isfinite(val) and np.all(np.isfinite(grad))
-    np.testing.assert_allclose(
-        divergence(z, q, kind, 2.0), np_divergence(np.asarray(z), np.asarray(q), kind, 2.0),
-        rtol=1e-5, atol=1e-5,
-    )
+    val, jac = jax.jit(lambda x: (all_kinds(x, q, 2.0), jax.jacrev(all_kinds)(x, q, 2.0)))(z)
+    assert np.all(np.isfinite(val)) and np.all(np.isfinite(jac))
+    for k, kind in enumerate(DIVERGENCES):
+        want = np_divergence(np.asarray(z), np.asarray(q), kind, 2.0)
+        np.testing.assert_allclose(val[k], want, rtol=1e-5, atol=1e-5, err_msg=kind)
 
 
 def test_rejects_bad_arguments():
@@ -113,13 +120,6 @@ def test_rejects_bad_arguments():
         divergence(jnp.zeros((1, 2)), jnp.ones((1, 2)) / 2, "kl")
     with pytest.raises(ValueError, match="temperature"):
         divergence(jnp.zeros((1, 2)), jnp.ones((1, 2)) / 2, "fkl", 0.0)
-
-
-def test_jit_with_traced_temperature():
-    f = jax.jit(divergence, static_argnames="kind")
-    for kind in DIVERGENCES:
-        got = f(jnp.asarray(Z), jnp.asarray(Q), kind=kind, temperature=jnp.float32(2.0))
-        np.testing.assert_allclose(got, np_divergence(Z, Q, kind, 2.0), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("t", [1.0, 2.0])

@@ -210,6 +210,7 @@ def combined(
 
 
 def check_aux(aux: str) -> None:
+    """Fail early, outside jit, on an auxiliary term :func:`combined` does not know."""
     if aux not in AUX_KINDS:
         raise ValueError(f"unknown aux {aux!r}; options: {', '.join(AUX_KINDS)}")
 
@@ -260,9 +261,7 @@ def get_loss(cfg: Any) -> Loss:
     """
     name, supervision = cfg.name, cfg.supervision
     if supervision not in SUPERVISIONS:
-        raise ValueError(
-            f"unknown supervision {supervision!r}; options: {', '.join(SUPERVISIONS)}"
-        )
+        raise ValueError(f"unknown supervision {supervision!r}; options: {', '.join(SUPERVISIONS)}")
     if name == _KD_NAME or supervision == "live":
         if name not in (_KD_NAME, "xent"):
             raise ValueError(

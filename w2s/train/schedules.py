@@ -71,9 +71,7 @@ def alpha_at(
         return alpha_max * step_warmup(t, warmup_frac)
     if schedule == "cosine":
         return alpha_max * 0.5 * (1.0 - jnp.cos(jnp.pi * ramp(t, warmup_frac)))
-    raise ValueError(
-        f"unknown alpha schedule {schedule!r}; options: {', '.join(ALPHA_SCHEDULES)}"
-    )
+    raise ValueError(f"unknown alpha schedule {schedule!r}; options: {', '.join(ALPHA_SCHEDULES)}")
 
 
 def check_schedule_names(warmup: str | None = None, alpha_schedule: str | None = None) -> None:
