@@ -39,7 +39,9 @@ def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
     return float(np.mean(risk_coverage(confidence, correct)[1]))
 
 
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> pd.DataFrame:
+def reliability_bins(
+    confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS
+) -> pd.DataFrame:
     """Equal-width confidence bins (lower, upper]; the first bin also takes confidence 0.
 
     Columns: bin_lower, bin_upper, count, confidence (mean), accuracy (mean); NaN in empty bins.
@@ -53,7 +55,13 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
         mean_conf = np.bincount(idx, conf, minlength=n_bins) / count
         accuracy = np.bincount(idx, corr, minlength=n_bins) / count
     return pd.DataFrame(
-        {"bin_lower": edges[:-1], "bin_upper": edges[1:], "count": count, "confidence": mean_conf, "accuracy": accuracy}
+        {
+            "bin_lower": edges[:-1],
+            "bin_upper": edges[1:],
+            "count": count,
+            "confidence": mean_conf,
+            "accuracy": accuracy,
+        }
     )
 
 
@@ -63,4 +71,6 @@ def ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> fl
         return float("nan")
     bins = reliability_bins(confidence, correct, n_bins)
     full = bins[bins["count"] > 0]
-    return float(np.sum(full["count"] * (full["accuracy"] - full["confidence"]).abs()) / len(confidence))
+    return float(
+        np.sum(full["count"] * (full["accuracy"] - full["confidence"]).abs()) / len(confidence)
+    )

@@ -35,12 +35,16 @@ class DeferralCurve:
         return float(self.accuracy[-1])
 
 
-def _curve_for_order(weak_correct: np.ndarray, strong_correct: np.ndarray, order: np.ndarray) -> np.ndarray:
+def _curve_for_order(
+    weak_correct: np.ndarray, strong_correct: np.ndarray, order: np.ndarray
+) -> np.ndarray:
     gain = strong_correct[order].astype(float) - weak_correct[order].astype(float)
     return (weak_correct.sum() + np.concatenate([[0.0], np.cumsum(gain)])) / len(weak_correct)
 
 
-def deferral_curve(weak_probs: np.ndarray, strong_probs: np.ndarray, labels: np.ndarray) -> DeferralCurve:
+def deferral_curve(
+    weak_probs: np.ndarray, strong_probs: np.ndarray, labels: np.ndarray
+) -> DeferralCurve:
     """The cascade's deferral curve and both reference curves on one split."""
     labels = np.asarray(labels)
     n = len(labels)
@@ -65,7 +69,11 @@ def audc(share: np.ndarray, accuracy: np.ndarray) -> float:
 
 def normalised_audc(curve: DeferralCurve) -> float:
     """(AUDC − random) / (oracle − random): 0 is no better than random deferral, 1 is the oracle."""
-    a, rand, orac = audc(curve.share, curve.accuracy), audc(curve.share, curve.random), audc(curve.share, curve.oracle)
+    a, rand, orac = (
+        audc(curve.share, curve.accuracy),
+        audc(curve.share, curve.random),
+        audc(curve.share, curve.oracle),
+    )
     return float((a - rand) / (orac - rand)) if orac - rand > 1e-12 else float("nan")
 
 

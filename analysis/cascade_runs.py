@@ -24,7 +24,7 @@ from analysis.cascade import (
     share_for_pgr,
     threshold_for_budget,
 )
-from analysis.predictions import PredictionStore, align
+from analysis.predictions import PredictionStore, SplitPredictions, align
 
 CURVE_GRID = np.linspace(0.0, 1.0, 101)
 UNIT_KEYS = ("task", "weak_model", "strong_model")
@@ -45,8 +45,8 @@ class Budget:
 
 
 def budgets_from_args(shares: list[float] | None, absolute: list[float] | None) -> list[Budget]:
-    out = [Budget(f"{s:.0%} strong calls", strong_share=s) for s in shares or []]
-    out += [Budget(f"cost {b:g}", absolute=b) for b in absolute or []]
+    out = [Budget(f"c_weak + {s:g}·c_strong", strong_share=s) for s in shares or []]
+    out += [Budget(f"{b:g} per example", absolute=b) for b in absolute or []]
     return out
 
 
@@ -63,13 +63,25 @@ class CascadeResults:
     warnings: list[str] = field(default_factory=list)
 
 
-def _costs(row: pd.Series, cost_weak: float | None, cost_strong: float | None) -> tuple[float, float]:
+def _costs(
+    row: pd.Series, cost_weak: float | None, cost_strong: float | None
+) -> tuple[float, float]:
     c_weak = cost_weak if cost_weak is not None else row["weak_params"]
     c_strong = cost_strong if cost_strong is not None else row["strong_params"]
     return float(c_weak), float(c_strong)
 
 
-def _unit_metrics(weak, strong, weak_val, strong_val, c_weak, c_strong, budgets, eps):
+def _unit_metrics(
+    weak: SplitPredictions,
+    strong: SplitPredictions,
+    weak_val: SplitPredictions | None,
+    strong_val: SplitPredictions | None,
+    c_weak: float,
+    c_strong: float,
+    budgets: list[Budget],
+    eps: float,
+) -> tuple[dict, list[dict], dict]:
+    """One cascade unit: curve metrics on test, budget thresholds (val → test), curves on a grid."""
     curve = deferral_curve(weak.probs, strong.probs, weak.labels)
     shares = share_for_pgr(curve, PGR_LEVELS, eps)
     metrics = {
@@ -95,7 +107,9 @@ def _unit_metrics(weak, strong, weak_val, strong_val, c_weak, c_strong, budgets,
         choice = threshold_for_budget(
             weak_val.confidence, weak_val.correct, strong_val.correct, budget, c_weak, c_strong
         )
-        choice = apply_threshold(choice, weak.confidence, weak.correct, strong.correct, c_weak, c_strong)
+        choice = apply_threshold(
+            choice, weak.confidence, weak.correct, strong.correct, c_weak, c_strong
+        )
         choices.append({"budget_label": b.label, **asdict(choice)})
     grid = {
         "cascade": np.interp(CURVE_GRID, curve.share, curve.accuracy),
@@ -115,9 +129,18 @@ def run_cascades(
     n_bins: int = 15,
 ) -> CascadeResults:
     """Cascade metrics per (weak run, ceiling run), averaged per (task, weak, strong)."""
-    budgets = budgets if budgets is not None else [Budget("50% strong calls", strong_share=0.5)]
+    budgets = budgets if budgets is not None else budgets_from_args([0.5], [])
     warnings: list[str] = []
-    cols = [*UNIT_KEYS, "seed", "weak_run", "ceiling_run", "weak_dir", "ceiling_dir", "weak_params", "strong_params"]
+    cols = [
+        *UNIT_KEYS,
+        "seed",
+        "weak_run",
+        "ceiling_run",
+        "weak_dir",
+        "ceiling_dir",
+        "weak_params",
+        "strong_params",
+    ]
     units_in = (
         pairs.loc[pairs["paired"], cols].drop_duplicates(["weak_run", "ceiling_run"])
         if not pairs.empty
@@ -128,7 +151,9 @@ def run_cascades(
     for _, u in units_in.iterrows():
         weak_test, strong_test = store.get(u["weak_dir"]), store.get(u["ceiling_dir"])
         if weak_test is None or strong_test is None:
-            warnings.append(f"cascade {u['weak_run']}→{u['ceiling_run']}: test predictions unavailable")
+            warnings.append(
+                f"cascade {u['weak_run']}→{u['ceiling_run']}: test predictions unavailable"
+            )
             continue
         weak_val, strong_val = store.get(u["weak_dir"], "val"), store.get(u["ceiling_dir"], "val")
         try:
@@ -156,7 +181,9 @@ def run_cascades(
     return CascadeResults(units, table, budget_df, curves, calibration, reliability, warnings)
 
 
-def _pair_table(units: pd.DataFrame, budget_df: pd.DataFrame, budgets: list[Budget]) -> pd.DataFrame:
+def _pair_table(
+    units: pd.DataFrame, budget_df: pd.DataFrame, budgets: list[Budget]
+) -> pd.DataFrame:
     if units.empty:
         return pd.DataFrame(columns=[*UNIT_KEYS, "n_seeds"])
     keys = list(UNIT_KEYS)
@@ -179,21 +206,22 @@ def _pair_table(units: pd.DataFrame, budget_df: pd.DataFrame, budgets: list[Budg
 
 def _mean_curves(curve_rows: list[dict]) -> pd.DataFrame:
     """Deferral curves on a 101-point share grid, averaged over seeds (long format)."""
-    frames = []
+    columns = [*UNIT_KEYS, "share", "n_seeds", "cascade", "random", "oracle"]
     by_pair: dict[tuple, list[dict]] = {}
     for r in curve_rows:
         by_pair.setdefault(tuple(r[k] for k in UNIT_KEYS), []).append(r)
-    for key, rows in sorted(by_pair.items()):
-        frame = pd.DataFrame({"share": CURVE_GRID})
-        for k, v in zip(UNIT_KEYS, key, strict=True):
-            frame[k] = v
-        frame["n_seeds"] = len(rows)
-        for name in ("cascade", "random", "oracle"):
-            frame[name] = np.mean([r[name] for r in rows], axis=0)
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=[*UNIT_KEYS, "share", "n_seeds", "cascade", "random", "oracle"])
-    return pd.concat(frames, ignore_index=True)[[*UNIT_KEYS, "share", "n_seeds", "cascade", "random", "oracle"]]
+    if not by_pair:
+        return pd.DataFrame(columns=columns)
+    keys = sorted(by_pair)
+    m = len(CURVE_GRID)
+    data = {k: np.repeat([key[i] for key in keys], m) for i, k in enumerate(UNIT_KEYS)}
+    data["share"] = np.tile(CURVE_GRID, len(keys))
+    data["n_seeds"] = np.repeat([len(by_pair[key]) for key in keys], m)
+    for name in ("cascade", "random", "oracle"):
+        data[name] = np.concatenate(
+            [np.mean([r[name] for r in by_pair[key]], axis=0) for key in keys]
+        )
+    return pd.DataFrame(data, columns=columns)
 
 
 def _weak_calibration(units_in: pd.DataFrame, store: PredictionStore, n_bins: int):
@@ -208,7 +236,13 @@ def _weak_calibration(units_in: pd.DataFrame, store: PredictionStore, n_bins: in
                 continue
             conf.append(preds.confidence)
             corr.append(preds.correct)
-            per_run.append((aurc(preds.confidence, preds.correct), ece(preds.confidence, preds.correct, n_bins), preds.correct.mean()))
+            per_run.append(
+                (
+                    aurc(preds.confidence, preds.correct),
+                    ece(preds.confidence, preds.correct, n_bins),
+                    preds.correct.mean(),
+                )
+            )
         if not per_run:
             continue
         arr = np.array(per_run)
@@ -227,6 +261,8 @@ def _weak_calibration(units_in: pd.DataFrame, store: PredictionStore, n_bins: in
         rel.insert(0, "task", task)
         rel["n_seeds"] = len(per_run)
         bins.append(rel)
-    calibration = pd.DataFrame(rows, columns=["task", "weak_model", "n_seeds", "accuracy", "aurc", "ece"])
+    calibration = pd.DataFrame(
+        rows, columns=["task", "weak_model", "n_seeds", "accuracy", "aurc", "ece"]
+    )
     reliability = pd.concat(bins, ignore_index=True) if bins else pd.DataFrame()
     return calibration, reliability

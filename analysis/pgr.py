@@ -33,7 +33,9 @@ AGGREGATION_NOTE = (
 
 def pgr(acc_w2s, acc_weak, acc_ceiling, eps: float = 0.0):
     """PGR, NaN where the ceiling–weak gap is ≤ ``eps``. Works on scalars and arrays."""
-    acc_w2s, acc_weak, acc_ceiling = (np.asarray(x, dtype=float) for x in (acc_w2s, acc_weak, acc_ceiling))
+    acc_w2s, acc_weak, acc_ceiling = (
+        np.asarray(x, dtype=float) for x in (acc_w2s, acc_weak, acc_ceiling)
+    )
     gap = acc_ceiling - acc_weak
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(gap > eps, (acc_w2s - acc_weak) / gap, np.nan)
@@ -57,7 +59,9 @@ def _pick(candidates: list[dict], w2s: dict, group_keys: list[str]) -> tuple[dic
     return min(candidates, key=lambda c: c["run_id"]), len(candidates)
 
 
-def pair_runs(runs: pd.DataFrame, group_keys: list[str] | None = None, eps: float = 0.0) -> pd.DataFrame:
+def pair_runs(
+    runs: pd.DataFrame, group_keys: list[str] | None = None, eps: float = 0.0
+) -> pd.DataFrame:
     """One row per finished w2s run with its weak and ceiling partners and per-seed PGR.
 
     Weak partner: the run named by ``weak_run`` when it was loaded, else the weak run with the
@@ -84,10 +88,14 @@ def pair_runs(runs: pd.DataFrame, group_keys: list[str] | None = None, eps: floa
         if weak is None:
             if w["weak_run"]:
                 notes.append(f"weak_run {w['weak_run']} not loaded; matched by key")
-            weak, n = _pick(weak_by_key.get((w["task"], w["weak_model"], w["seed"]), []), w, group_keys)
+            weak, n = _pick(
+                weak_by_key.get((w["task"], w["weak_model"], w["seed"]), []), w, group_keys
+            )
             if n > 1:
                 notes.append(f"{n} weak candidates")
-        ceiling, n = _pick(ceiling_by_key.get((w["task"], w["strong_model"], w["seed"]), []), w, group_keys)
+        ceiling, n = _pick(
+            ceiling_by_key.get((w["task"], w["strong_model"], w["seed"]), []), w, group_keys
+        )
         if n > 1:
             notes.append(f"{n} ceiling candidates")
         if weak is None:
@@ -105,7 +113,9 @@ def pair_runs(runs: pd.DataFrame, group_keys: list[str] | None = None, eps: floa
             weak_dir=weak["run_dir"] if weak else None,
             ceiling_dir=ceiling["run_dir"] if ceiling else None,
             weak_params=_first_number(w["weak_params"], weak and weak["n_params"]),
-            strong_params=_first_number(w["strong_params"], ceiling and ceiling["n_params"], w["n_params"]),
+            strong_params=_first_number(
+                w["strong_params"], ceiling and ceiling["n_params"], w["n_params"]
+            ),
             acc_weak=weak["accuracy"] if weak else np.nan,
             acc_ceiling=ceiling["accuracy"] if ceiling else np.nan,
             acc_w2s=w["accuracy"],
@@ -137,32 +147,47 @@ def _first_number(*values) -> float:
     return np.nan
 
 
+def _pair_prediction_metrics(
+    store: PredictionStore, row, w2s_result
+) -> tuple[float, np.ndarray | None, str]:
+    """Agreement and joint correctness counts of one w2s run, or a warning."""
+    if isinstance(w2s_result, Exception):
+        return np.nan, None, ""  # the store lists unreadable files
+    weak, ceiling, w2s = store.get(row.weak_dir), store.get(row.ceiling_dir), w2s_result.get("test")
+    if weak is None or ceiling is None or w2s is None:
+        return np.nan, None, f"w2s run {row.w2s_run}: test predictions missing for it or a partner"
+    try:
+        weak, ceiling, w2s = align(weak, ceiling, w2s)
+    except ValueError as e:
+        return np.nan, None, f"w2s run {row.w2s_run}: {e}"
+    counts = joint_pattern_counts(weak.correct, ceiling.correct, w2s.correct)
+    return agreement(weak.probs, w2s.probs), counts, ""
+
+
 def add_prediction_metrics(pairs: pd.DataFrame, store: PredictionStore) -> list[str]:
     """Fill ``agreement`` and the joint correctness counts from test predictions, in place.
 
-    Returns warnings for pairs whose predictions could not be read or aligned.
+    Weak and ceiling predictions are cached (many w2s runs share them); w2s predictions are
+    streamed and dropped, so memory stays flat however many runs there are. Returns warnings for
+    pairs whose predictions could not be read or aligned.
     """
-    warnings = []
     if pairs.empty:
-        return warnings
-    paired = pairs.index[pairs["paired"]]
-    store.prefetch(pd.concat([pairs.loc[paired, c] for c in ("w2s_dir", "weak_dir", "ceiling_dir")]))
+        return []
+    paired = pairs[pairs["paired"]]
+    store.prefetch(list(paired["weak_dir"]) + list(paired["ceiling_dir"]))
+    rows_by_dir: dict[str, list] = {}
+    for row in paired[["w2s_run", "w2s_dir", "weak_dir", "ceiling_dir"]].itertuples():
+        rows_by_dir.setdefault(row.w2s_dir, []).append(row)
     agree = pairs["agreement"].to_numpy(dtype=float, copy=True)
     counts = list(pairs["pattern_counts"])
-    for i in paired:
-        row = pairs.loc[i]
-        preds = [store.get(row[c]) for c in ("weak_dir", "ceiling_dir", "w2s_dir")]
-        if any(p is None for p in preds):
-            warnings.append(f"w2s run {row['w2s_run']}: test predictions missing for it or a partner")
-            continue
-        try:
-            weak, ceiling, w2s = align(*preds)
-        except ValueError as e:
-            warnings.append(f"w2s run {row['w2s_run']}: {e}")
-            continue
-        pos = pairs.index.get_loc(i)
-        agree[pos] = agreement(weak.probs, w2s.probs)
-        counts[pos] = joint_pattern_counts(weak.correct, ceiling.correct, w2s.correct)
+    warnings = []
+    for w2s_dir, result in store.stream(rows_by_dir):
+        for row in rows_by_dir[w2s_dir]:
+            a, c, warning = _pair_prediction_metrics(store, row, result)
+            pos = pairs.index.get_loc(row.Index)
+            agree[pos], counts[pos] = a, c
+            if warning:
+                warnings.append(warning)
     pairs["agreement"] = agree
     pairs["pattern_counts"] = counts
     return warnings

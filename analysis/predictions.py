@@ -1,15 +1,16 @@
 """Per-split prediction arrays, read once per run and shared by agreement, bootstrap and cascade.
 
-Reading parquet is the slow part of the analysis, so files are read on demand, in a small thread
-pool (pyarrow releases the GIL while decoding), and only the splits the analysis uses are kept.
+Reading thousands of small parquet files is the slow part of the analysis, so files are read in a
+thread pool, converted to numpy a chunk of files at a time, and only the splits the analysis uses
+are kept.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -20,111 +21,204 @@ import pyarrow.parquet as pq
 from analysis.runs import PREDICTIONS_FILE
 
 SPLITS_USED = ("test", "val")
+COLUMNS = ["id", "split", "label", "probs"]
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("label", pa.int64()),
+        ("probs", pa.list_(pa.float64())),
+    ]
+)
+CHUNK_FILES = 256
+READ_THREADS = 4
 
 
 @dataclass(frozen=True)
 class SplitPredictions:
-    """One split of one run: example ids, gold labels and predicted probabilities ``[n, k]``."""
+    """One split of one run: example ids, gold labels and predicted probabilities ``[n, k]``.
 
-    ids: np.ndarray
+    ``ids`` stay a pyarrow string array: comparing two runs' ids is then one C++ call, and no
+    Python string objects are made for the usual case where runs list the same examples.
+    """
+
+    ids: pa.Array
     labels: np.ndarray
     probs: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
+    @cached_property
     def predicted(self) -> np.ndarray:
         return self.probs.argmax(axis=1)
 
-    @property
+    @cached_property
     def confidence(self) -> np.ndarray:
         """Max predicted probability: the confidence a cascade thresholds on."""
         return self.probs.max(axis=1)
 
-    @property
+    @cached_property
     def correct(self) -> np.ndarray:
         return self.predicted == self.labels
 
+    def id_strings(self) -> np.ndarray:
+        return self.ids.to_numpy(zero_copy_only=False)
+
     def take(self, index: np.ndarray) -> SplitPredictions:
-        return SplitPredictions(self.ids[index], self.labels[index], self.probs[index])
+        return SplitPredictions(
+            self.ids.take(pa.array(index)), self.labels[index], self.probs[index]
+        )
 
 
-def _probs_matrix(column: pa.ChunkedArray, n: int) -> np.ndarray:
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if n == 0:
-        return np.zeros((0, 0))
-    if arr.null_count:
-        raise ValueError("probs has null rows")
-    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-    if lengths.min() != lengths.max():
-        raise ValueError("probs rows have different lengths")
-    flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-    return flat.reshape(n, int(lengths[0]))
+Result = dict[str, SplitPredictions] | Exception
 
 
-def read_splits(run_dir: str | Path, splits: Iterable[str] = SPLITS_USED) -> dict[str, SplitPredictions]:
-    """The requested splits of a run's predictions (a split with no rows is left out)."""
-    table = pq.read_table(Path(run_dir) / PREDICTIONS_FILE, columns=["id", "split", "label", "probs"])
-    out = {}
-    for split in splits:
-        part = table.filter(pc.equal(table["split"], split))
-        n = part.num_rows
-        if n == 0:
+def _by_file(
+    table: pa.Table, file_index: np.ndarray, n_files: int, splits: tuple[str, ...]
+) -> list[Result]:
+    """Split a table holding the rows of several files into per-file, per-split arrays.
+
+    Works on the whole table at once (one numpy conversion per column) and then slices, because
+    per-file pyarrow calls dominate the cost when files are small. Rows keep their file order.
+    """
+    out: list[Result] = [{} for _ in range(n_files)]
+    if table.num_rows == 0:
+        return out
+    value_set = pa.array(splits, pa.string())
+    code = pc.index_in(table["split"], value_set=value_set).fill_null(-1).to_numpy()
+    probs = table["probs"].combine_chunks()
+    valid = ~probs.is_null().to_numpy(zero_copy_only=False)
+    lengths = np.where(valid, pc.list_value_length(probs).fill_null(0).to_numpy(), 0)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    flat = pc.list_flatten(probs).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    ids = table["id"].combine_chunks()
+    labels = table["label"].to_numpy().astype(np.int64, copy=False)
+    keep = np.flatnonzero(code >= 0)
+    order = keep[np.lexsort((code[keep], file_index[keep]))]  # stable: file, then split
+    key = file_index[order] * len(splits) + code[order]
+    bounds = np.flatnonzero(np.diff(key)) + 1
+    for rows in np.split(order, bounds):
+        f, split = int(file_index[rows[0]]), splits[code[rows[0]]]
+        if isinstance(out[f], Exception):
             continue
-        ids = part["id"].to_numpy().astype(str)
-        labels = part["label"].to_numpy().astype(np.int64)
-        out[split] = SplitPredictions(ids, labels, _probs_matrix(part["probs"], n))
+        k = lengths[rows]
+        if not valid[rows].all():
+            out[f] = ValueError(f"probs has null rows in split {split}")
+        elif k.min() != k.max() or k[0] == 0:
+            out[f] = ValueError(f"probs rows have different or zero lengths in split {split}")
+        else:
+            matrix = flat[starts[rows][:, None] + np.arange(k[0])]
+            contiguous = rows[-1] - rows[0] + 1 == len(rows)  # rows are increasing
+            split_ids = ids.slice(rows[0], len(rows)) if contiguous else ids.take(pa.array(rows))
+            out[f][split] = SplitPredictions(split_ids, labels[rows], matrix)
     return out
 
 
+def _read_table(run_dir: str) -> pa.Table:
+    # ParquetFile.read skips the dataset layer of read_table: several times faster on small files
+    with pq.ParquetFile(Path(run_dir) / PREDICTIONS_FILE) as f:
+        table = f.read(columns=COLUMNS, use_threads=False)
+    return table if table.schema.equals(SCHEMA) else table.cast(SCHEMA)
+
+
+def read_splits(
+    run_dir: str | Path, splits: Iterable[str] = SPLITS_USED
+) -> dict[str, SplitPredictions]:
+    """The requested splits of one run's predictions (a split with no rows is left out)."""
+    table = _read_table(str(run_dir))
+    result = _by_file(table, np.zeros(table.num_rows, dtype=np.int64), 1, tuple(splits))[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _read_or_error(run_dir: str) -> pa.Table | Exception:
+    try:
+        return _read_table(run_dir)
+    except Exception as e:  # noqa: BLE001 - a bad file must not stop the analysis
+        return e
+
+
+def scan_splits(
+    run_dirs: Iterable[str], splits: Iterable[str] = SPLITS_USED, chunk: int = CHUNK_FILES
+) -> Iterator[tuple[str, Result]]:
+    """``(run_dir, splits or the error)`` for many runs.
+
+    Files are read in a small thread pool (pyarrow decodes without the GIL), ``chunk`` at a time,
+    and each chunk is converted to numpy in one go: per-file Python and pyarrow calls, not the
+    decoding, dominate the cost of small files. An unreadable file only costs itself.
+    """
+    splits = tuple(splits)
+    todo = list(run_dirs)
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        for start in range(0, len(todo), chunk):
+            dirs = todo[start : start + chunk]
+            tables = list(pool.map(_read_or_error, dirs))
+            good = [i for i, t in enumerate(tables) if not isinstance(t, Exception)]
+            results: list[Result] = list(tables)  # errors stay in place
+            if good:
+                merged = pa.concat_tables([tables[i] for i in good])
+                index = np.repeat(np.arange(len(good)), [tables[i].num_rows for i in good])
+                for i, r in zip(good, _by_file(merged, index, len(good), splits), strict=True):
+                    results[i] = r
+            yield from zip(dirs, results, strict=True)
+
+
 class PredictionStore:
-    """Cache of `read_splits` results by run directory; errors are kept, not raised."""
+    """Cache of per-run split predictions by run directory; read errors are kept, not raised."""
 
-    def __init__(self, max_workers: int | None = None) -> None:
-        self._cache: dict[str, dict[str, SplitPredictions] | Exception] = {}
-        self.max_workers = max_workers or min(4, (os.cpu_count() or 1) + 1)
+    def __init__(self, splits: Iterable[str] = SPLITS_USED) -> None:
+        self.splits = tuple(splits)
+        self._cache: dict[str, Result] = {}
+        self._errors: dict[str, str] = {}
 
-    def _read(self, run_dir: str) -> dict[str, SplitPredictions] | Exception:
-        try:
-            return read_splits(run_dir)
-        except Exception as e:  # noqa: BLE001 - a bad file must not stop the analysis
-            return e
+    def _note(self, run_dir: str, result: Result) -> Result:
+        if isinstance(result, Exception):
+            self._errors[run_dir] = f"{type(result).__name__}: {result}"
+        return result
 
     def prefetch(self, run_dirs: Iterable[str]) -> None:
+        """Read and cache every run not cached yet."""
         todo = sorted({d for d in run_dirs if d not in self._cache})
-        if not todo:
-            return
-        with ThreadPoolExecutor(self.max_workers) as pool:
-            for run_dir, result in zip(todo, pool.map(self._read, todo), strict=True):
-                self._cache[run_dir] = result
+        for run_dir, result in scan_splits(todo, self.splits):
+            self._cache[run_dir] = self._note(run_dir, result)
+
+    def stream(self, run_dirs: Iterable[str]) -> Iterator[tuple[str, Result]]:
+        """Read runs used once (w2s runs) without caching them, so memory stays flat."""
+        run_dirs = list(run_dirs)
+        cached = [d for d in run_dirs if d in self._cache]
+        yield from ((d, self._cache[d]) for d in cached)
+        todo = [d for d in run_dirs if d not in self._cache]
+        for run_dir, result in scan_splits(todo, self.splits):
+            yield run_dir, self._note(run_dir, result)
 
     def get(self, run_dir: str, split: str = "test") -> SplitPredictions | None:
         """The split, or None if the file is unreadable or has no such split."""
         if run_dir not in self._cache:
-            self._cache[run_dir] = self._read(run_dir)
+            self._cache[run_dir] = self._note(run_dir, next(scan_splits([run_dir], self.splits))[1])
         result = self._cache[run_dir]
         return None if isinstance(result, Exception) else result.get(split)
 
     def errors(self) -> dict[str, str]:
-        return {d: f"{type(e).__name__}: {e}" for d, e in self._cache.items() if isinstance(e, Exception)}
+        """Unreadable prediction files seen so far, with the error."""
+        return dict(self._errors)
 
 
 def align(*preds: SplitPredictions) -> tuple[SplitPredictions, ...]:
     """Restrict runs to their common examples, in the first run's order; labels must agree."""
     first = preds[0]
-    if all(len(p) == len(first) and np.array_equal(p.ids, first.ids) for p in preds[1:]):
+    if all(len(p) == len(first) and p.ids.equals(first.ids) for p in preds[1:]):
         aligned = preds
     else:
-        common = first.ids
+        common = first.id_strings()
         for p in preds[1:]:
-            common = common[np.isin(common, p.ids)]
+            common = common[np.isin(common, p.id_strings())]
         aligned = []
         for p in preds:
-            order = np.argsort(p.ids, kind="stable")
-            pos = order[np.searchsorted(p.ids, common, sorter=order)]
-            aligned.append(p.take(pos))
-        aligned = tuple(aligned)
+            ids = p.id_strings()
+            order = np.argsort(ids, kind="stable")
+            aligned.append(p.take(order[np.searchsorted(ids, common, sorter=order)]))
     for p in aligned[1:]:
         if not np.array_equal(p.labels, aligned[0].labels):
             raise ValueError("runs disagree on the gold labels of the same example ids")

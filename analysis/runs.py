@@ -53,7 +53,11 @@ _NUMERIC_OPTIONAL = (
     "strong_params",
 )
 # Model fields a run of each kind must name.
-_MODEL_FIELDS = {"weak": ("weak_model",), "ceiling": ("strong_model",), "w2s": ("weak_model", "strong_model")}
+_MODEL_FIELDS = {
+    "weak": ("weak_model",),
+    "ceiling": ("strong_model",),
+    "w2s": ("weak_model", "strong_model"),
+}
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,8 @@ def resolve_group_keys(runs: pd.DataFrame, keys: list[str] | None) -> list[str]:
         elif f"config.{key}" in runs.columns:
             out.append(f"config.{key}")
         else:
-            known = ", ".join(c.removeprefix("config.") for c in runs.columns if c.startswith("config."))
+            known = ", ".join(
+                c.removeprefix("config.") for c in runs.columns if c.startswith("config.")
+            )
             raise KeyError(f"unknown group-by key {key!r}; config keys seen: {known or 'none'}")
     return out

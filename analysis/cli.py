@@ -1,0 +1,154 @@
+"""``w2s-analyze RESULTS_DIR``: read every run below a results directory and write the PGR,
+cascade and calibration tables (Markdown, LaTeX, CSV), the plots (PNG, PDF) and ``skipped.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from analysis.cascade_runs import budgets_from_args, run_cascades
+from analysis.pgr import add_prediction_metrics, aggregate_pgr, pair_runs
+from analysis.predictions import PredictionStore
+from analysis.runs import load_runs, resolve_group_keys
+from analysis.stats import BOOTSTRAP_SEED, N_RESAMPLES
+from analysis.tables import (
+    burns_table,
+    calibration_table,
+    cascade_table,
+    main_table,
+    render_markdown,
+    write_table,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="w2s-analyze",
+        description="PGR, cascade and calibration tables and plots for a w2s results directory.",
+    )
+    p.add_argument(
+        "results_dir", type=Path, help="directory with run directories anywhere below it"
+    )
+    p.add_argument("--out", type=Path, help="output directory (default: RESULTS_DIR/analysis)")
+    p.add_argument(
+        "--group-by",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="extra config keys to split groups by, e.g. train.lr loss.temperature",
+    )
+    p.add_argument("--cost-weak", type=float, help="cost of one weak call (default: weak params)")
+    p.add_argument(
+        "--cost-strong", type=float, help="cost of one strong call (default: strong params)"
+    )
+    p.add_argument(
+        "--budget-share",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        metavar="F",
+        help="cascade budgets as c_weak + F·c_strong per example (default: 0.5)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="B",
+        help="absolute cost budgets per example",
+    )
+    p.add_argument(
+        "--gap-eps",
+        type=float,
+        default=0.0,
+        help="PGR is undefined (flagged) when acc_ceiling − acc_weak ≤ this (default: 0)",
+    )
+    p.add_argument(
+        "--n-resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples (default: 10000)"
+    )
+    p.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help="bootstrap seed (default: 0)")
+    p.add_argument(
+        "--ece-bins", type=int, default=15, help="equal-width bins for ECE (default: 15)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="write tables only")
+    p.add_argument("--quiet", action="store_true", help="do not print the main table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    out = args.out or args.results_dir / "analysis"
+    try:
+        runs, report = load_runs(args.results_dir)
+        group_keys = resolve_group_keys(runs, args.group_by)
+    except (FileNotFoundError, KeyError) as e:
+        print(f"w2s-analyze: {e}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+
+    pairs = pair_runs(runs, group_keys, eps=args.gap_eps)
+    store = PredictionStore()
+    report.warnings += add_prediction_metrics(pairs, store)
+    summary = aggregate_pgr(
+        pairs, group_keys, eps=args.gap_eps, n_resamples=args.n_resamples, seed=args.seed
+    )
+    budgets = budgets_from_args(args.budget_share, args.budget)
+    cascades = run_cascades(
+        pairs,
+        store,
+        args.cost_weak,
+        args.cost_strong,
+        budgets,
+        eps=args.gap_eps,
+        n_bins=args.ece_bins,
+    )
+    report.warnings += cascades.warnings
+    report.warnings += [
+        f"unreadable predictions {d}: {e}" for d, e in sorted(store.errors().items())
+    ]
+
+    main = main_table(summary, group_keys, args.gap_eps, args.n_resamples)
+    tables = [
+        main,
+        burns_table(pairs),
+        cascade_table(cascades.table),
+        calibration_table(cascades.calibration),
+    ]
+    for table in tables:
+        write_table(table, out)
+    if not pairs.empty:
+        pairs.drop(columns=["pattern_counts"]).to_csv(out / "pgr_runs.csv", index=False)
+    cascades.units.to_csv(out / "cascade_runs.csv", index=False)
+    cascades.budgets.to_csv(out / "cascade_budgets.csv", index=False)
+    cascades.curves.to_csv(out / "deferral_curves.csv", index=False)
+    cascades.reliability.to_csv(out / "reliability.csv", index=False)
+    (out / "skipped.md").write_text(report.to_markdown())
+
+    n_plots = 0
+    if not args.no_plots:
+        from analysis import plots  # matplotlib import is slow; tables-only runs skip it
+
+        plot_dir = out / "plots"
+        n_plots += len(plots.plot_accuracy_vs_size(summary, plot_dir, group_keys))
+        n_plots += len(plots.plot_pgr_vs_size(summary, plot_dir, group_keys))
+        n_plots += len(plots.plot_deferral_curves(cascades.curves, plot_dir))
+        n_plots += len(plots.plot_reliability(cascades.reliability, plot_dir))
+
+    if not args.quiet:
+        print(render_markdown(main))
+    print(
+        f"w2s-analyze: {report.n_loaded} runs loaded, {len(report.skipped)} skipped "
+        f"(see {out / 'skipped.md'}), {len(pairs)} w2s runs, {len(summary)} groups, "
+        f"{len(cascades.units)} cascade pairs, {n_plots} plot files → {out} "
+        f"in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
