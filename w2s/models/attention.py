@@ -31,8 +31,17 @@ def attend(
         )
     if implementation != "xla":
         raise ValueError(f"attention implementation '{implementation}' unknown; use xla or cudnn")
-    t, s = q.shape[1], k.shape[1]
-    mask = (jnp.arange(s)[None, :] < lengths[:, None])[:, None, None, :]  # [B,1,1,S]
+    b, t, n, h = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    scale = 1.0 / h**0.5 if scale is None else scale
+    valid = (jnp.arange(s)[None, :] < lengths[:, None])[:, None, None, None, :]  # [B,1,1,1,S]
     if causal:
-        mask = mask & (jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])[None, None]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+        valid = valid & (jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])[None, None, None]
+    # Grouped heads: q [B,T,K,G,H] against k/v [B,S,K,H]; einsums keep the [B,T,heads] layout
+    # of the projections, so no transposes are materialised around the attention.
+    qg = q.reshape(b, t, kv, n // kv, h)
+    logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    logits = logits + jnp.where(valid, 0.0, -1e30).astype(jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    return out.reshape(b, t, n, h)

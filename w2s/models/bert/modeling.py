@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from w2s.models.attention import attend
+from w2s.models.layers import Dense, LayerNorm
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": partial(jax.nn.gelu, approximate=False),  # BERT's GELU is the exact erf form
@@ -80,27 +81,9 @@ class Config:
             raise ValueError(
                 f"bert: hidden_act '{cfg.activation}' unknown; known: {sorted(ACTIVATIONS)}"
             )
-        if cfg.num_layers < 1:
-            raise ValueError(f"bert: num_hidden_layers must be >= 1, got {cfg.num_layers}")
+        if cfg.num_layers < 0:
+            raise ValueError(f"bert: num_hidden_layers must be >= 0, got {cfg.num_layers}")
         return cfg
-
-
-class LayerNorm(nnx.Module):
-    """LayerNorm computed in float32 whatever the compute dtype (eps 1e-12 is below bf16's reach)."""
-
-    def __init__(self, size: int, eps: float, *, dtype, param_dtype):
-        self.scale = nnx.Param(jnp.ones((size,), param_dtype))
-        self.bias = nnx.Param(jnp.zeros((size,), param_dtype))
-        self.eps = eps
-        self.dtype = dtype
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(jnp.float32)
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
-        return y.astype(self.dtype)
 
 
 class Embeddings(nnx.Module):
@@ -122,7 +105,7 @@ class Embeddings(nnx.Module):
 class SelfAttention(nnx.Module):
     def __init__(self, cfg: Config, *, dtype, param_dtype, attention: str, rngs):
         linear = partial(
-            nnx.Linear,
+            Dense,
             cfg.hidden_size,
             cfg.hidden_size,
             dtype=dtype,
@@ -153,10 +136,10 @@ class Layer(nnx.Module):
             cfg, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs
         )
         self.attention_norm = norm()
-        self.intermediate = nnx.Linear(
+        self.intermediate = Dense(
             cfg.hidden_size, cfg.intermediate_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
-        self.output = nnx.Linear(
+        self.output = Dense(
             cfg.intermediate_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
         self.output_norm = norm()

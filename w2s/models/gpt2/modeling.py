@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from w2s.models.attention import attend
+from w2s.models.layers import Dense, LayerNorm, dense_einsum
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu_new": partial(jax.nn.gelu, approximate=True),  # GPT-2's tanh approximation
@@ -87,31 +88,13 @@ class Config:
         return cfg
 
 
-class LayerNorm(nnx.Module):
-    """LayerNorm computed in float32 whatever the compute dtype (bf16 variance is too coarse)."""
-
-    def __init__(self, size: int, eps: float, *, dtype, param_dtype):
-        self.scale = nnx.Param(jnp.ones((size,), param_dtype))
-        self.bias = nnx.Param(jnp.zeros((size,), param_dtype))
-        self.eps = eps
-        self.dtype = dtype
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(jnp.float32)
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
-        return y.astype(self.dtype)
-
-
 class Attention(nnx.Module):
     def __init__(self, cfg: Config, layer_idx: int, *, dtype, param_dtype, attention: str, rngs):
         h = cfg.hidden_size
         self.c_attn = nnx.Einsum(
             "bsh,hkd->bskd", (h, 3, h), (3, h), dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
-        self.c_proj = nnx.Linear(h, h, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.c_proj = Dense(h, h, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
         scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn_weights else 1.0
@@ -119,10 +102,12 @@ class Attention(nnx.Module):
             scale /= layer_idx + 1
         self.scale = scale
         self.attention = attention
+        self.dtype = dtype
 
     def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
         b, s, _ = x.shape
-        qkv = self.c_attn(x).reshape(b, s, 3, self.num_heads, self.head_dim)
+        qkv = dense_einsum(x, self.c_attn.kernel[...], self.c_attn.bias[...], self.dtype)
+        qkv = qkv.reshape(b, s, 3, self.num_heads, self.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out = attend(q, k, v, lengths, causal=True, implementation=self.attention, scale=self.scale)
         return self.c_proj(out.reshape(b, s, -1))
@@ -131,8 +116,8 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     def __init__(self, cfg: Config, *, dtype, param_dtype, rngs):
         h, i = cfg.hidden_size, cfg.intermediate_size
-        self.c_fc = nnx.Linear(h, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.c_proj = nnx.Linear(i, h, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.c_fc = Dense(h, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.c_proj = Dense(i, h, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.act = ACTIVATIONS[cfg.activation]
 
     def __call__(self, x: jax.Array) -> jax.Array:

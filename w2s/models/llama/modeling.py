@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from w2s.models.attention import attend
+from w2s.models.layers import Dense, RMSNorm
 
 _INIT = nnx.initializers.normal(0.02)  # only for modules built without a checkpoint
 
@@ -126,22 +127,8 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (xf * cos + rotated * sin).astype(x.dtype)
 
 
-class RMSNorm(nnx.Module):
-    """Normalised in float32 whatever the compute dtype, since bf16 loses the small variances."""
-
-    def __init__(self, dim: int, eps: float, *, dtype, param_dtype):
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
-        self.eps = eps
-        self.dtype = dtype
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        xf = x.astype(jnp.float32)
-        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return (xf * self.scale[...].astype(jnp.float32)).astype(self.dtype)
-
-
-def _linear(n_in: int, n_out: int, bias: bool, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(
+def _linear(n_in: int, n_out: int, bias: bool, *, dtype, param_dtype, rngs: nnx.Rngs) -> Dense:
+    return Dense(
         n_in,
         n_out,
         use_bias=bias,

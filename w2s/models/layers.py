@@ -1,0 +1,57 @@
+"""Layers shared by the families: a token-flattened dense layer and float32 norms.
+
+``Dense`` applies its matmul to ``[tokens, features]``: XLA:CPU runs a 2-D matmul about 1.8x
+faster than the same product written over ``[batch, seq, features]`` (forward and backward,
+measured on MiniLM shapes), while on accelerators the two compile to the same kernel.
+Norms compute in float32 whatever the compute dtype: bf16 cannot hold small variances.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Dense(nnx.Linear):
+    def __call__(self, x: jax.Array) -> jax.Array:
+        lead = x.shape[:-1]
+        y = super().__call__(x.reshape(-1, x.shape[-1]))
+        return y.reshape(*lead, y.shape[-1])
+
+
+def dense_einsum(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype) -> jax.Array:
+    """``x [..., H] @ kernel [H, *out] + bias [*out]`` as one 2-D matmul (fused projections)."""
+    lead, out = x.shape[:-1], kernel.shape[1:]
+    y = x.reshape(-1, x.shape[-1]).astype(dtype) @ kernel.reshape(kernel.shape[0], -1).astype(dtype)
+    if bias is not None:
+        y = y + bias.reshape(-1).astype(dtype)
+    return y.reshape(*lead, *out)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, size: int, eps: float, *, dtype, param_dtype):
+        self.scale = nnx.Param(jnp.ones((size,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((size,), param_dtype))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, size: int, eps: float, *, dtype, param_dtype):
+        self.scale = nnx.Param(jnp.ones((size,), param_dtype))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (xf * self.scale[...].astype(jnp.float32)).astype(self.dtype)
