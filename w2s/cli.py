@@ -71,18 +71,22 @@ def _compilation_cache(cache: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig) -> int:
-    return run(cfg)
+    """A failure is one clear line and exit 1; in a sweep (-m) the other jobs still run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return run(cfg)
+    except Exception as e:
+        log.debug("failed", exc_info=True)  # the full trace stays in the job's log file
+        print(f"w2s: error: {type(e).__name__}: {e}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return 1
+        sys.exit(1)
 
 
 def main() -> None:
-    try:
-        _app()
-    except SystemExit:
-        raise
-    except Exception as e:  # a clear one-line error and a non-zero exit, not a traceback wall
-        log.debug("failed", exc_info=True)
-        print(f"w2s: error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+    _app()
 
 
 if __name__ == "__main__":

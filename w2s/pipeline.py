@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from flax import nnx
@@ -26,18 +27,21 @@ from w2s.models import load_classifier
 from w2s.models.hub import resolve
 from w2s.store import RunStore, run_id
 from w2s.train.batches import fit_buckets
-from w2s.train.loop import View, predict, train
+from w2s.train.loop import View, predict, restore_params, save_params, train
 from w2s.train.losses import get_loss
 
 log = logging.getLogger("w2s")
 
-# Keys that change how a run is shown or stored, never its numbers.
-COSMETIC = {"progress", "checkpoint_every", "eval_every", "eval_batch_size", "name"}
+# Keys that change how a run is shown or stored, never its numbers. A model's or a task's
+# ``name`` is only its label (its path or source is what counts); a loss's name is not cosmetic.
+COSMETIC = {"progress", "checkpoint_every", "eval_every", "eval_batch_size"}
 
 
-def _identity(node) -> dict:
+def _identity(node, *, labelled: bool = False) -> dict:
+    """The keys of a config node that can change a run's numbers."""
     d = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
-    return {k: v for k, v in d.items() if k not in COSMETIC}
+    drop = COSMETIC | ({"name"} if labelled else set())
+    return {k: v for k, v in d.items() if k not in drop}
 
 
 def _flat(prefix: str, node) -> dict:
@@ -72,6 +76,26 @@ def loss_name(cfg: Config) -> str:
 
 
 @dataclass
+class RunSpec:
+    """What one run trains on and how it is identified."""
+
+    kind: str
+    rid: str
+    header: dict
+    identity: dict
+    model: ModelConfig
+    seed: int
+    train_index: np.ndarray
+    targets: np.ndarray
+    loss_fn: object
+    loss_key: object
+    predict_splits: list[str]
+    weak_soft: np.ndarray | None = None
+    extras: dict = field(default_factory=dict)
+    teacher: tuple | None = None
+
+
+@dataclass
 class Loaded:
     model: nnx.Module
     view: View
@@ -87,10 +111,20 @@ class Experiment:
         self.cache_dir = Path(str(cfg.cache_dir)).expanduser()
         self.weaks: list[ModelConfig] = [cfg.weak, *cfg.extra_weak]
         self.strong: ModelConfig = cfg.strong
+        self._check_sizes()
         self.task = load_task(cfg.task, self.cache_dir)
         self.buckets = fit_buckets(list(cfg.train.buckets), cfg.task.max_length)
         self._models: dict[str, Loaded] = {}
         self._tokenized = self._tokenize_all()
+
+    def _check_sizes(self) -> None:
+        """Refuse, before any run starts, a batch that cannot be filled from its split."""
+        t, bs = self.cfg.task, self.cfg.train.batch_size
+        for split, n in (("task.n_a", t.n_a), ("task.n_b", int(round(t.n_b * self.cfg.filter_q)))):
+            if bs > n:
+                raise ValueError(
+                    f"train.batch_size={bs} is larger than the {n} training examples of {split}"
+                )
 
     # -- data ---------------------------------------------------------------------------
     def _tokenize_all(self) -> dict[str, View]:
@@ -102,7 +136,9 @@ class Experiment:
             views[m.name] = View(t.ids, int(tok.pad_token_id))
             keep &= t.keep
         if not keep.all():
-            self.task = self.task.subset(keep, reason=f"longer than {self.cfg.task.max_length} tokens")
+            self.task = self.task.subset(
+                keep, reason=f"longer than {self.cfg.task.max_length} tokens"
+            )
             index = np.flatnonzero(keep)
             views = {k: v.take(index) for k, v in views.items()}
         return views
@@ -128,7 +164,9 @@ class Experiment:
         return self._models[m.name]
 
     # -- runs ---------------------------------------------------------------------------
-    def _header(self, kind: str, rid: str, seed: int, weak: str | None, strong: str | None, loss: str):
+    def _header(
+        self, kind: str, rid: str, seed: int, weak: str | None, strong: str | None, loss: str
+    ):
         return {
             "run_id": rid,
             "kind": kind,
@@ -141,73 +179,81 @@ class Experiment:
 
     def _split_identity(self, seed: int) -> dict:
         return {
-            "task": _identity(self.cfg.task),
+            "task": _identity(self.cfg.task, labelled=True),
             "split_seed": seed if self.cfg.task.split_seed is None else self.cfg.task.split_seed,
         }
 
-    def _fit(self, kind, rid, header, model_cfg, seed, train_index, targets, loss_fn, loss_key,
-             extra_identity, predict_splits, splits, weak_soft=None):
+    def _fit(self, spec: RunSpec, splits) -> dict:
         """Shared body of every run: train, predict, write; reuse when already finished."""
-        done = None if self.cfg.force else self.store.finished(kind, rid)
+        done = None if self.cfg.force else self.store.finished(spec.kind, spec.rid)
         if done is not None:
-            log.info("%s run %s already finished: reused", kind, rid)
+            log.info("%s run %s already finished: reused", spec.kind, spec.rid)
             return done
         config = {
-            **extra_identity,
-            "header": header,
+            **spec.identity,
+            "header": spec.header,
             "train": OmegaConf.to_container(self.cfg.train, resolve=True),
         }
-        d = self.store.start(kind, rid, config, header)
+        d = self.store.start(spec.kind, spec.rid, config, spec.header)
         try:
-            loaded = self.pretrained(model_cfg)
-            model = nnx.clone(loaded.model)
-            labels = self.task.labels
-            result = train(
-                model,
-                loaded.view.take(train_index),
-                targets,
-                labels[train_index],
-                self.cfg.train,
-                loss_fn=loss_fn,
-                loss_key=loss_key,
-                lr=model_cfg.lr or self.cfg.train.lr,
-                seed=seed,
-                buckets=self.buckets,
-                ckpt_dir=d / "checkpoints" if self.cfg.train.checkpoint_every else None,
-                desc=f"{kind} {model_cfg.name} seed {seed}",
-            )
-            rows, probs_test = [], None
-            for split in predict_splits:
-                idx = splits[split]
-                probs = predict(model, loaded.view.take(idx), self.cfg.train.eval_batch_size, self.buckets)
-                if split == "test":
-                    probs_test = probs
-                soft = weak_soft if (split == "b" and weak_soft is not None) else None
-                rows.append(self._prediction_rows(idx, split, probs, soft))
-            test_labels = labels[splits["test"]]
-            metrics = {
-                **header,
-                "accuracy": accuracy(probs_test, test_labels),
-                "auroc": auroc(probs_test, test_labels),
-                "n_test": int(len(test_labels)),
-                "n_train": int(len(train_index)),
-                "num_labels": int(self.task.num_labels),
-                "train_seconds": result.seconds,
-                "compile_seconds": result.compile_seconds,
-                "examples_per_second": result.examples_per_second,
-                "steps": result.steps,
-                "resumed_from": result.resumed_from,
-                "n_params": loaded.n_params,
-                "config": _flat("", _config_for_table(self.cfg)),
-            }
-            if "val" in predict_splits and len(splits["val"]):
-                val_probs = rows[predict_splits.index("val")]["probs"]
-                metrics["val_accuracy"] = accuracy(np.stack(val_probs), labels[splits["val"]])
-            self.store.finish(d, metrics, pd.concat(rows, ignore_index=True))
-            return metrics
+            return self._train_and_record(spec, splits, d)
         except BaseException as e:
-            self.store.fail(d, header, e)
+            self.store.fail(d, spec.header, e)
             raise
+
+    def _train_and_record(self, spec: RunSpec, splits, d: Path) -> dict:
+        loaded = self.pretrained(spec.model)
+        model = nnx.clone(loaded.model)
+        labels = self.task.labels
+        result = train(
+            model,
+            loaded.view.take(spec.train_index),
+            spec.targets,
+            labels[spec.train_index],
+            self.cfg.train,
+            loss_fn=spec.loss_fn,
+            loss_key=spec.loss_key,
+            lr=spec.model.lr or self.cfg.train.lr,
+            seed=spec.seed,
+            buckets=self.buckets,
+            ckpt_dir=d / "checkpoints" if self.cfg.train.checkpoint_every else None,
+            teacher=spec.teacher,
+            extras=spec.extras,
+            desc=f"{spec.kind} {spec.model.name} seed {spec.seed}",
+        )
+        probs = {
+            split: predict(
+                model, loaded.view.take(splits[split]), self.cfg.train.eval_batch_size, self.buckets
+            )
+            for split in spec.predict_splits
+        }
+        rows = [
+            self._prediction_rows(splits[split], split, p, spec.weak_soft if split == "b" else None)
+            for split, p in probs.items()
+        ]
+        test_labels = labels[splits["test"]]
+        metrics = {
+            **spec.header,
+            "accuracy": accuracy(probs["test"], test_labels),
+            "auroc": auroc(probs["test"], test_labels),
+            "n_test": int(len(test_labels)),
+            "n_train": int(len(spec.train_index)),
+            "num_labels": int(self.task.num_labels),
+            "train_seconds": result.seconds,
+            "compile_seconds": result.compile_seconds,
+            "examples_per_second": result.examples_per_second,
+            "steps": result.steps,
+            "resumed_from": result.resumed_from,
+            "loss_history": [[h["step"], round(h["loss"], 6)] for h in result.history],
+            "n_params": loaded.n_params,
+            "config": _flat("", _config_for_table(self.cfg)),
+        }
+        if len(splits["val"]) and "val" in probs:
+            metrics["val_accuracy"] = accuracy(probs["val"], labels[splits["val"]])
+        if spec.kind == "weak":  # the supervisor's weights, for live distillation later
+            save_params(model, d / "weights")
+        self.store.finish(d, metrics, pd.concat(rows, ignore_index=True))
+        return metrics
 
     def _prediction_rows(self, idx, split, probs, weak_soft) -> pd.DataFrame:
         return pd.DataFrame(
@@ -220,34 +266,44 @@ class Experiment:
             }
         )
 
-    def run_weak(self, m: ModelConfig, seed: int, splits) -> dict:
-        identity = {"kind": "weak", "data": self._split_identity(seed), "model": _identity(m),
-                    "train": _identity(self.cfg.train), "seed": seed}
+    def _gt_spec(self, kind: str, m: ModelConfig, seed: int, index: np.ndarray) -> RunSpec:
+        """weak (on A) and ceiling (on B): cross-entropy to ground truth."""
+        identity = {
+            "kind": kind,
+            "data": self._split_identity(seed),
+            "model": _identity(m, labelled=True),
+            "train": _identity(self.cfg.train),
+            "seed": seed,
+        }
         rid = run_id(identity)
-        header = self._header("weak", rid, seed, m.name, None, "gt")
-        a = splits["a"]
-        onehot = np.eye(self.task.num_labels, dtype=np.float32)[self.task.labels[a]]
-        metrics = self._fit("weak", rid, header, m, seed, a, onehot, _gt_loss(), "gt", identity,
-                            ["b", "val", "test"], splits)
-        return metrics
+        weak, strong = (m.name, None) if kind == "weak" else (None, m.name)
+        onehot = np.eye(self.task.num_labels, dtype=np.float32)[self.task.labels[index]]
+        return RunSpec(
+            kind=kind,
+            rid=rid,
+            header=self._header(kind, rid, seed, weak, strong, "gt"),
+            identity=identity,
+            model=m,
+            seed=seed,
+            train_index=index,
+            targets=onehot,
+            loss_fn=_gt_loss(),
+            loss_key="gt",
+            predict_splits=["b", "val", "test"] if kind == "weak" else ["val", "test"],
+        )
+
+    def run_weak(self, m: ModelConfig, seed: int, splits) -> dict:
+        return self._fit(self._gt_spec("weak", m, seed, splits["a"]), splits)
 
     def run_ceiling(self, seed: int, splits) -> dict:
-        m = self.strong
-        identity = {"kind": "ceiling", "data": self._split_identity(seed), "model": _identity(m),
-                    "train": _identity(self.cfg.train), "seed": seed}
-        rid = run_id(identity)
-        header = self._header("ceiling", rid, seed, None, m.name, "gt")
-        b = splits["b"]
-        onehot = np.eye(self.task.num_labels, dtype=np.float32)[self.task.labels[b]]
-        return self._fit("ceiling", rid, header, m, seed, b, onehot, _gt_loss(), "gt", identity,
-                         ["val", "test"], splits)
+        return self._fit(self._gt_spec("ceiling", self.strong, seed, splits["b"]), splits)
 
-    def weak_labels(self, weak_runs: list[dict], splits) -> np.ndarray:
-        """Soft labels on B from the weak runs' stored predictions, merged if several."""
+    def weak_labels(self, weak_runs: list[dict], splits, kind: str = "weak") -> np.ndarray:
+        """Soft labels on B from stored predictions (weak runs, or the previous s2s round)."""
         b_ids = [self.task.ids[i] for i in splits["b"]]
         per_model = []
         for w in weak_runs:
-            df = self.store.predictions("weak", w["run_id"])
+            df = self.store.predictions(kind, w["run_id"])
             df = df[df["split"] == "b"].set_index("id")
             per_model.append(np.stack(df.loc[b_ids, "probs"].to_numpy()).astype(np.float32))
         if len(per_model) == 1:
@@ -260,29 +316,81 @@ class Experiment:
             return (stacked * conf).sum(0) / conf.sum(0)
         raise ValueError(f"weak_combine '{self.cfg.weak_combine}' unknown; use mean or confidence")
 
-    def run_w2s(self, seed: int, splits, weak_runs: list[dict]) -> dict:
+    def _teacher(self, weak_run: dict, b_keep: np.ndarray):
+        """The trained weak model, frozen, with its own token view of the training rows."""
+        m = self.weaks[0]
+        teacher = restore_params(
+            nnx.clone(self.pretrained(m).model),
+            self.store.dir("weak", weak_run["run_id"]) / "weights",
+        )
+        return teacher, self._tokenized[m.name].take(b_keep), float(self.cfg.loss.temperature)
+
+    def run_w2s(
+        self,
+        seed: int,
+        splits,
+        weak_runs: list[dict],
+        previous: dict | None = None,
+        round_: int = 0,
+    ) -> dict:
+        """Strong model on B supervised by the weak runs (or, for round_ >= 1, by the previous
+        strong round: strong-to-strong)."""
         m, cfg = self.strong, self.cfg
-        soft = self.weak_labels(weak_runs, splits)
+        if previous is None:
+            soft = self.weak_labels(weak_runs, splits)
+        else:
+            soft = self.weak_labels([previous], splits, kind="w2s")
         b = splits["b"]
         keep = np.arange(len(b))
         if cfg.filter_q < 1:
             k = max(1, int(round(cfg.filter_q * len(b))))
             keep = np.sort(np.argsort(-soft.max(-1), kind="stable")[:k])
+        live = cfg.loss.supervision == "live" and previous is None
+        if live and len(weak_runs) > 1:
+            raise ValueError(
+                "live supervision uses one weak model; extra_weak needs supervision=labels"
+            )
         targets = soft[keep]
-        if cfg.loss.hard_labels:
-            targets = np.eye(soft.shape[1], dtype=np.float32)[targets.argmax(-1)]
-        identity = {"kind": "w2s", "data": self._split_identity(seed), "model": _identity(m),
-                    "train": _identity(cfg.train), "seed": seed, "loss": _identity(cfg.loss),
-                    "weak_runs": [w["run_id"] for w in weak_runs], "weak_combine": cfg.weak_combine,
-                    "filter_q": cfg.filter_q}
+        extras = {}
+        if cfg.loss.aux == "gt":  # a seeded share of B keeps its ground truth (not pure W2S)
+            n_gt = int(round(cfg.loss.gt_fraction * len(keep)))
+            chosen = np.random.default_rng([seed, 17]).permutation(len(keep))[:n_gt]
+            extras["gt_mask"] = np.isin(np.arange(len(keep)), chosen).astype(np.float32)
+        identity = {
+            "kind": "w2s",
+            "data": self._split_identity(seed),
+            "model": _identity(m, labelled=True),
+            "train": _identity(cfg.train),
+            "seed": seed,
+            "loss": _identity(cfg.loss),
+            "weak_runs": [w["run_id"] for w in weak_runs],
+            "weak_combine": cfg.weak_combine,
+            "filter_q": cfg.filter_q,
+            "previous": previous["run_id"] if previous else None,
+        }
         rid = run_id(identity)
-        name = loss_name(cfg)
+        name = loss_name(cfg) + (f"_s2s{round_}" if round_ else "")
         header = self._header("w2s", rid, seed, "+".join(x.name for x in self.weaks), m.name, name)
         header["weak_run"] = weak_runs[0]["run_id"]
-        loss_fn = _adapt(get_loss(cfg.loss))
-        key = ("w2s", tuple(sorted(_identity(cfg.loss).items())))
-        return self._fit("w2s", rid, header, m, seed, b[keep], targets, loss_fn, key, identity,
-                         ["b", "val", "test"], splits, weak_soft=soft)
+        if previous is not None:
+            header["previous_run"] = previous["run_id"]
+        spec = RunSpec(
+            kind="w2s",
+            rid=rid,
+            header=header,
+            identity=identity,
+            model=m,
+            seed=seed,
+            train_index=b[keep],
+            targets=targets,
+            loss_fn=_adapt(get_loss(cfg.loss)),
+            loss_key=("w2s", live, tuple(sorted(_identity(cfg.loss).items()))),
+            predict_splits=["b", "val", "test"],
+            weak_soft=soft,
+            extras=extras,
+            teacher=self._teacher(weak_runs[0], b[keep]) if live else None,
+        )
+        return self._fit(spec, splits)
 
     def run(self) -> pd.DataFrame:
         rows = []
@@ -297,7 +405,11 @@ class Experiment:
             if "ceiling" in self.cfg.kinds:
                 row["ceiling"] = self.run_ceiling(seed, splits)["accuracy"]
             if "w2s" in self.cfg.kinds:
-                row["w2s"] = self.run_w2s(seed, splits, weak_runs)["accuracy"]
+                w2s = self.run_w2s(seed, splits, weak_runs)
+                row["w2s"] = w2s["accuracy"]
+                for r in range(1, self.cfg.s2s_rounds + 1):
+                    w2s = self.run_w2s(seed, splits, weak_runs, previous=w2s, round_=r)
+                    row[f"s2s{r}"] = w2s["accuracy"]
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             log.info("seed %s: %s", seed, {k: round(v, 4) for k, v in row.items()})
@@ -307,15 +419,28 @@ class Experiment:
 def _config_for_table(cfg: Config) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     return {k: c[k] for k in ("loss", "train") if k in c} | {
-        "filter_q": c["filter_q"], "weak_combine": c["weak_combine"], "s2s_rounds": c["s2s_rounds"]}
+        "filter_q": c["filter_q"],
+        "weak_combine": c["weak_combine"],
+        "s2s_rounds": c["s2s_rounds"],
+    }
 
 
 def _gt_loss():
     """Cross-entropy to one-hot ground truth (weak and ceiling runs)."""
     from w2s.train.losses import xent
 
-    return lambda logits, targets, weight, step_frac, batch: xent(logits, targets, weight, step_frac)
+    return lambda logits, targets, weight, step_frac, batch: xent(
+        logits, targets, weight, step_frac
+    )
 
 
 def _adapt(loss):
-    return lambda logits, targets, weight, step_frac, batch: loss(logits, targets, weight, step_frac)
+    """Loss over a batch; the ground-truth auxiliary reads its rows from the batch."""
+
+    def fn(logits, targets, weight, step_frac, batch):
+        if "gt_mask" in batch:
+            gt = jax.nn.one_hot(batch["labels"], logits.shape[-1], dtype=jnp.float32)
+            return loss(logits, targets, weight, step_frac, gt_targets=gt, gt_mask=batch["gt_mask"])
+        return loss(logits, targets, weight, step_frac)
+
+    return fn

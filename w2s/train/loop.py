@@ -7,7 +7,6 @@ same batches from k on and ends with the same parameters as an uninterrupted run
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +64,7 @@ class StepCache:
 STEPS = StepCache()
 
 
-def _batch_arrays(view: View, teacher_view: View | None, b: Batch, targets, labels) -> dict:
+def _batch_arrays(view: View, teacher_view: View | None, b: Batch, targets, labels, extras) -> dict:
     ids, mask = pad_rows(view.ids, b.index, b.length, view.pad_id)
     out = {
         "input_ids": ids,
@@ -73,6 +72,7 @@ def _batch_arrays(view: View, teacher_view: View | None, b: Batch, targets, labe
         "targets": targets[b.index].astype(np.float32),
         "labels": labels[b.index].astype(np.int32),
         "weight": b.weight,
+        **{k: v[b.index] for k, v in extras.items()},
     }
     if teacher_view is not None:
         out["teacher_input_ids"], out["teacher_attention_mask"] = pad_rows(
@@ -102,9 +102,14 @@ def train(
     buckets: list[int],
     ckpt_dir: Path | None = None,
     teacher: tuple[nnx.Module, View, float] | None = None,
+    extras: dict[str, np.ndarray] | None = None,
     desc: str = "train",
 ) -> TrainResult:
-    """Train ``model`` in place on (view, targets); ``teacher=(model, view, T)`` for live KD."""
+    """Train ``model`` in place on (view, targets); ``teacher=(model, view, T)`` for live KD.
+
+    ``extras`` are further per-example arrays the loss reads from the batch (e.g. ``gt_mask``).
+    """
+    extras = extras or {}
     graphdef, params = nnx.split(model)
     lengths = _max_lengths(view, teacher[1] if teacher else None)
     per_epoch = len(epoch_batches(lengths, buckets, cfg.batch_size, seed, 0))
@@ -145,7 +150,7 @@ def train(
             step += 1
             if step <= start:
                 continue
-            arrays = _batch_arrays(view, t_view, b, targets, labels)
+            arrays = _batch_arrays(view, t_view, b, targets, labels, extras)
             frac = np.float32((step - 1) / max(total, 1))
             t_step = time.perf_counter()
             args = (params, opt_state, arrays, frac) + ((t_params,) if teacher else ())
@@ -194,14 +199,12 @@ def _check_and_report(pending, step, bar, seen, t0, history):
     if not np.all(np.isfinite(losses)):
         bad = step - len(stats) + int(np.argmin(np.isfinite(losses)))
         raise FloatingPointError(f"training loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}")
-    last = stats[-1]
     rec = {"step": step, "loss": float(losses.mean()), "accuracy": float(np.mean([s["accuracy"] for s in stats]))}
     history.append(rec)
     if bar is not None:
         rate = seen / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.3f}", ex_s=f"{rate:.0f}")
         bar.update(len(stats))
-    del last
 
 
 def _progress(total, start, desc, enabled):
@@ -252,5 +255,18 @@ def predict(model: nnx.Module, view: View, batch_size: int, buckets: list[int]) 
     return probs
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
+def save_params(model: nnx.Module, path: Path) -> None:
+    """The model's parameters as an orbax checkpoint (weak models, for live KD in later runs)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(Path(path).absolute(), nnx.state(model, nnx.Param), force=True)
+
+
+def restore_params(model: nnx.Module, path: Path) -> nnx.Module:
+    import orbax.checkpoint as ocp
+
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model, nnx.Param))
+    with ocp.StandardCheckpointer() as ckptr:
+        nnx.update(model, ckptr.restore(Path(path).absolute(), target))
+    return model

@@ -1,0 +1,145 @@
+"""Dry run: bytes per device of a strong model's training, from abstract shapes only.
+
+Nothing is allocated: the module is built with ``nnx.eval_shape``, the optimizer state with
+``jax.eval_shape(tx.init, ...)``, and each array's share per device follows the family's
+sharding rules on the configured mesh. Activations use the per-layer estimate of Korthikanti
+et al. 2022 (``s*b*h*(34 + 5*a*s/h)`` bytes at 16 bits without recomputation; only the layer
+inputs, ``2*s*b*h`` bytes per layer, with full rematerialisation).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from w2s.models.loading import abstract_module
+from w2s.models.registry import family_for
+from w2s.models.sharding import path_str
+
+# Config facts of public checkpoints, so a plan works offline. Only the keys the families read.
+KNOWN_CONFIGS: dict[str, dict] = {
+    "gpt2": {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12},
+    "gpt2-medium": {"model_type": "gpt2", "n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "gpt2-large": {"model_type": "gpt2", "n_embd": 1280, "n_layer": 36, "n_head": 20},
+    "gpt2-xl": {"model_type": "gpt2", "n_embd": 1600, "n_layer": 48, "n_head": 25},
+    "Qwen/Qwen2.5-0.5B": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                          "num_attention_heads": 14, "num_key_value_heads": 2,
+                          "vocab_size": 151936, "tie_word_embeddings": True},
+    "Qwen/Qwen2.5-1.5B": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                          "num_attention_heads": 12, "num_key_value_heads": 2,
+                          "vocab_size": 151936, "tie_word_embeddings": True},
+    "Qwen/Qwen2.5-3B": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+                        "num_attention_heads": 16, "num_key_value_heads": 2,
+                        "vocab_size": 151936, "tie_word_embeddings": True},
+    "Qwen/Qwen2.5-7B": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                        "num_attention_heads": 28, "num_key_value_heads": 4,
+                        "vocab_size": 152064, "tie_word_embeddings": False},
+}
+_GPT2_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "layer_norm_epsilon": 1e-5,
+                  "activation_function": "gelu_new"}
+_QWEN2_DEFAULTS = {"model_type": "qwen2", "hidden_act": "silu", "rms_norm_eps": 1e-6,
+                   "rope_theta": 1000000.0, "max_position_embeddings": 32768}
+
+
+def hf_config(path: str) -> dict:
+    """The checkpoint's config.json if reachable, else the known facts for a public id."""
+    from w2s.models.hub import read_config, resolve
+
+    try:
+        return read_config(resolve(path))
+    except Exception:
+        if path not in KNOWN_CONFIGS:
+            raise
+        base = _GPT2_DEFAULTS if KNOWN_CONFIGS[path].get("model_type") == "gpt2" else _QWEN2_DEFAULTS
+        return {**base, **KNOWN_CONFIGS[path]}
+
+
+def _shard_factor(path: tuple, shape: tuple, rules, mesh_shape: dict[str, int]) -> int:
+    name = path_str(path)
+    for pattern, axes in rules:
+        if re.fullmatch(pattern, name) and len(axes) == len(shape):
+            return math.prod(
+                mesh_shape[a] for a, d in zip(axes, shape, strict=True)
+                if a is not None and d % mesh_shape[a] == 0
+            )
+    return 1
+
+
+def _bytes(x) -> int:
+    return math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+
+
+def plan(model_cfg, train_cfg, mesh_shape: dict[str, int], seq_len: int) -> dict:
+    """Bytes per device: params, grads, optimizer state, activations, and their total."""
+    from w2s.train.step import optimizer
+
+    hf = {**hf_config(model_cfg.path), **dict(model_cfg.overrides)}
+    family = family_for(hf.get("model_type"), model_cfg.path)
+    cfg = family.config_from_hf(hf)
+    param_dtype = jnp.dtype(model_cfg.param_dtype)
+    module = abstract_module(family, cfg, dtype=jnp.dtype(model_cfg.compute_dtype),
+                             param_dtype=param_dtype)
+    flat = list(nnx.to_flat_state(nnx.state(module, nnx.Param)))
+    params = {path_str(p): v.get_value() for p, v in flat}
+    factors = {path_str(p): _shard_factor(p, v.get_value().shape, family.sharding, mesh_shape)
+               for p, v in flat}
+    n_params = sum(math.prod(x.shape) for x in params.values())
+    p_bytes = sum(_bytes(x) / factors[k] for k, x in params.items())
+    tx = optimizer(train_cfg, 1e-5, 1000)
+    opt_state = jax.eval_shape(tx.init, params)
+    opt_bytes = 0.0
+    shapes_to_factor = {x.shape: factors[k] for k, x in params.items()}
+    for leaf in jax.tree.leaves(opt_state):
+        opt_bytes += _bytes(leaf) / shapes_to_factor.get(leaf.shape, 1)
+    n_data = mesh_shape["data"] * mesh_shape["fsdp"]  # the batch splits over data and fsdp
+    b = max(train_cfg.batch_size // max(train_cfg.grad_accum, 1) // n_data, 1)
+    h, layers = cfg.hidden_size, _layers(cfg)
+    heads = _heads(cfg)
+    act_itemsize = jnp.dtype(model_cfg.compute_dtype).itemsize / 2  # formula is for 16 bit
+    if train_cfg.remat == "full":
+        act = layers * 2 * seq_len * b * h + seq_len * b * h * (34 + 5 * heads * seq_len / h)
+    else:
+        act = layers * seq_len * b * h * (34 + 5 * heads * seq_len / h)
+    act = act * act_itemsize / mesh_shape["tp"]
+    total = 2 * p_bytes + opt_bytes + act  # grads are the params' size and sharding
+    return {"n_params": n_params, "params": p_bytes, "grads": p_bytes, "optimizer": opt_bytes,
+            "activations": act, "total": total, "per_device_batch": b}
+
+
+def _layers(cfg) -> int:
+    for k in ("num_hidden_layers", "n_layer", "num_layers"):
+        if hasattr(cfg, k):
+            return int(getattr(cfg, k))
+    raise AttributeError(f"{type(cfg).__name__} has no layer count")
+
+
+def _heads(cfg) -> int:
+    for k in ("num_attention_heads", "n_head", "num_heads"):
+        if hasattr(cfg, k):
+            return int(getattr(cfg, k))
+    raise AttributeError(f"{type(cfg).__name__} has no head count")
+
+
+def format_plan(name: str, p: dict, mesh_shape: dict[str, int], device_gib: float | None) -> str:
+    gib = 1024**3
+    lines = [
+        f"memory plan for {name}: {p['n_params'] / 1e9:.2f} B parameters, mesh "
+        + " ".join(f"{k}={v}" for k, v in mesh_shape.items())
+        + f", per-device batch {p['per_device_batch']}",
+    ]
+    for k in ("params", "grads", "optimizer", "activations", "total"):
+        lines.append(f"  {k:<12} {p[k] / gib:8.2f} GiB per device")
+    if device_gib:
+        verdict = "fits" if p["total"] <= device_gib * gib else "does NOT fit"
+        lines.append(f"  {verdict} in {device_gib:g} GiB")
+    return "\n".join(lines)
+
+
+def print_plan(cfg) -> None:
+    mesh = {k: max(int(cfg.mesh[k]), 1) for k in ("data", "fsdp", "tp")}
+    p = plan(cfg.strong, cfg.train, mesh, int(cfg.task.max_length))
+    print(format_plan(cfg.strong.name, p, mesh, 80.0))
