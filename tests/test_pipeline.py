@@ -35,13 +35,13 @@ def trainings(monkeypatch):
     import w2s.pipeline
 
     calls = []
-    real = w2s.pipeline.train
+    real = w2s.pipeline.train_group
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("desc"))
-        return real(*args, **kwargs)
+    def counting(models, *args, **kwargs):
+        calls.extend([kwargs.get("desc")] * len(models))  # one entry per model trained
+        return real(models, *args, **kwargs)
 
-    monkeypatch.setattr(w2s.pipeline, "train", counting)
+    monkeypatch.setattr(w2s.pipeline, "train_group", counting)
     return calls
 
 

@@ -37,8 +37,10 @@ def summarize(table) -> str:
         f"{'mean':>6} {table.weak.mean():>8.4f} {table.ceiling.mean():>8.4f} "
         f"{table.w2s.mean():>8.4f} {table.pgr.mean():>8.3f}"
     )
-    lines.append(f"PGR = {table.pgr.mean():.3f}, 95% CI [{lo:.3f}, {hi:.3f}] "
-                 f"(percentile bootstrap over {len(table)} seeds; undefined where ceiling <= weak)")
+    lines.append(
+        f"PGR = {table.pgr.mean():.3f}, 95% CI [{lo:.3f}, {hi:.3f}] "
+        f"(percentile bootstrap over {len(table)} seeds; undefined where ceiling <= weak)"
+    )
     return "\n".join(lines)
 
 

@@ -24,7 +24,9 @@ class ModelConfig:
     param_dtype: str = "float32"  # master weights
     compute_dtype: str = "float32"  # activations (bfloat16 on accelerators)
     lr: float | None = None  # per-model learning rate; None uses train.lr
-    overrides: dict[str, Any] = field(default_factory=dict)  # HF config keys, e.g. num_hidden_layers
+    overrides: dict[str, Any] = field(
+        default_factory=dict
+    )  # HF config keys, e.g. num_hidden_layers
 
 
 @dataclass
@@ -32,7 +34,9 @@ class TaskConfig:
     """Where a task's examples come from and how they are split into A, B, val and test."""
 
     name: str = MISSING  # short name used in run ids and tables
-    kind: str = MISSING  # sciq | boolq | cosmos_qa | amazon_polarity | anthropic_hh | bigbench | local
+    kind: str = (
+        MISSING  # sciq | boolq | cosmos_qa | amazon_polarity | anthropic_hh | bigbench | local
+    )
     source: str | None = None  # HF dataset id, BIG-bench task path, or local data file
     path: str | None = None  # local file in the source's schema, used instead of downloading
     hf_split: str = "train"  # split of the HF dataset the examples are drawn from
@@ -54,7 +58,9 @@ class LossConfig:
 
     name: str = "xent"  # xent | logconf | product | kd
     supervision: str = "labels"  # labels (cached weak soft labels) | live (weak model in the step)
-    hard_labels: bool = False  # offline: train on the weak model's argmax instead of its probabilities
+    hard_labels: bool = (
+        False  # offline: train on the weak model's argmax instead of its probabilities
+    )
     # logconf (Burns et al. 2023 auxiliary confidence loss)
     aux_coef: float = 0.5
     warmup_frac: float = 0.2

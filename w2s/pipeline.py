@@ -27,7 +27,7 @@ from w2s.models import load_classifier
 from w2s.models.hub import resolve
 from w2s.store import RunStore, run_id
 from w2s.train.batches import fit_buckets
-from w2s.train.loop import View, predict, restore_params, save_params, train
+from w2s.train.loop import View, predict, restore_params, save_params, train_group
 from w2s.train.losses import get_loss
 
 log = logging.getLogger("w2s")
@@ -112,6 +112,12 @@ class Experiment:
         self.weaks: list[ModelConfig] = [cfg.weak, *cfg.extra_weak]
         self.strong: ModelConfig = cfg.strong
         self._check_sizes()
+        if cfg.train.vmap_seeds > 1 and cfg.task.split_seed is None:
+            raise ValueError(
+                "train.vmap_seeds > 1 trains seeds side by side on the same rows: set "
+                "task.split_seed so that every seed shares its splits"
+            )
+        self.mesh = self._mesh()
         self.task = load_task(cfg.task, self.cache_dir)
         self.buckets = fit_buckets(list(cfg.train.buckets), cfg.task.max_length)
         self._models: dict[str, Loaded] = {}
@@ -125,6 +131,15 @@ class Experiment:
                 raise ValueError(
                     f"train.batch_size={bs} is larger than the {n} training examples of {split}"
                 )
+
+    def _mesh(self):
+        """The configured mesh, or None on one device (plain jit, no sharding)."""
+        if jax.device_count() == 1:
+            return None
+        from w2s.models.sharding import make_mesh
+
+        m = self.cfg.mesh
+        return make_mesh(data=m.data, fsdp=m.fsdp, tp=m.tp)
 
     # -- data ---------------------------------------------------------------------------
     def _tokenize_all(self) -> dict[str, View]:
@@ -158,6 +173,7 @@ class Experiment:
                 compute_dtype=m.compute_dtype,
                 overrides=dict(m.overrides),
                 attention=self.cfg.train.attention,
+                mesh=self.mesh,
             )
             n = sum(x.size for x in jax.tree.leaves(nnx.state(model.backbone, nnx.Param)))
             self._models[m.name] = Loaded(model, self._tokenized[m.name], int(n))
@@ -183,44 +199,83 @@ class Experiment:
             "split_seed": seed if self.cfg.task.split_seed is None else self.cfg.task.split_seed,
         }
 
-    def _fit(self, spec: RunSpec, splits) -> dict:
-        """Shared body of every run: train, predict, write; reuse when already finished."""
-        done = None if self.cfg.force else self.store.finished(spec.kind, spec.rid)
-        if done is not None:
-            log.info("%s run %s already finished: reused", spec.kind, spec.rid)
-            return done
-        config = {
-            **spec.identity,
-            "header": spec.header,
-            "train": OmegaConf.to_container(self.cfg.train, resolve=True),
-        }
-        d = self.store.start(spec.kind, spec.rid, config, spec.header)
-        try:
-            return self._train_and_record(spec, splits, d)
-        except BaseException as e:
-            self.store.fail(d, spec.header, e)
-            raise
+    def _fit_group(self, specs: list[RunSpec], splits: dict[int, dict]) -> list[dict]:
+        """Train what is not finished yet (side by side where allowed), record, reuse the rest."""
+        out: list[dict | None] = [None] * len(specs)
+        todo = []
+        for i, spec in enumerate(specs):
+            done = None if self.cfg.force else self.store.finished(spec.kind, spec.rid)
+            if done is not None:
+                log.info("%s run %s already finished: reused", spec.kind, spec.rid)
+                out[i] = done
+                continue
+            config = {
+                **spec.identity,
+                "header": spec.header,
+                "train": OmegaConf.to_container(self.cfg.train, resolve=True),
+            }
+            todo.append((i, spec, self.store.start(spec.kind, spec.rid, config, spec.header)))
+        for group in self._side_by_side(todo):
+            try:
+                trained = self._train(group)
+                for (i, spec, d), (model, result) in zip(group, trained, strict=True):
+                    out[i] = self._record(spec, splits[spec.seed], d, model, result, len(group))
+            except BaseException as e:
+                for i, spec, d in group:
+                    if out[i] is None:
+                        self.store.fail(d, spec.header, e)
+                raise
+        return out
 
-    def _train_and_record(self, spec: RunSpec, splits, d: Path) -> dict:
-        loaded = self.pretrained(spec.model)
-        model = nnx.clone(loaded.model)
-        labels = self.task.labels
-        result = train(
-            model,
-            loaded.view.take(spec.train_index),
-            spec.targets,
-            labels[spec.train_index],
+    def _side_by_side(self, todo: list) -> list[list]:
+        """Groups of up to train.vmap_seeds runs on the same rows; one program trains a group."""
+        k = max(1, self.cfg.train.vmap_seeds)
+        groups: list[list] = []
+        for item in todo:
+            last = groups[-1] if groups else None
+            if (
+                last
+                and len(last) < k
+                and np.array_equal(last[0][1].train_index, item[1].train_index)
+                and (last[0][1].teacher is None) == (item[1].teacher is None)
+            ):
+                last.append(item)
+            else:
+                groups.append([item])
+        return groups
+
+    def _train(self, group: list) -> list[tuple[nnx.Module, object]]:
+        specs = [spec for _, spec, _ in group]
+        first, d = specs[0], group[0][2]
+        loaded = self.pretrained(first.model)
+        models = [nnx.clone(loaded.model) for _ in specs]
+        teachers = None
+        if first.teacher is not None:
+            teachers = ([s.teacher[0] for s in specs], first.teacher[1], first.teacher[2])
+        checkpoints = self.cfg.train.checkpoint_every and len(specs) == 1
+        results = train_group(
+            models,
+            loaded.view.take(first.train_index),
+            [s.targets for s in specs],
+            self.task.labels[first.train_index],
             self.cfg.train,
-            loss_fn=spec.loss_fn,
-            loss_key=spec.loss_key,
-            lr=spec.model.lr or self.cfg.train.lr,
-            seed=spec.seed,
+            seeds=[s.seed for s in specs],
+            loss_fn=first.loss_fn,
+            loss_key=first.loss_key,
+            lr=first.model.lr or self.cfg.train.lr,
             buckets=self.buckets,
-            ckpt_dir=d / "checkpoints" if self.cfg.train.checkpoint_every else None,
-            teacher=spec.teacher,
-            extras=spec.extras,
-            desc=f"{spec.kind} {spec.model.name} seed {spec.seed}",
+            ckpt_dir=d / "checkpoints" if checkpoints else None,
+            teachers=teachers,
+            extras=[s.extras for s in specs],
+            mesh=self.mesh,
+            desc=f"{first.kind} {first.model.name} seed " + ",".join(str(s.seed) for s in specs),
         )
+        return list(zip(models, results, strict=True))
+
+    def _record(self, spec: RunSpec, splits, d: Path, model, result, group_size: int) -> dict:
+        """Predict, write predictions then metrics (last), keep a weak model's weights."""
+        loaded = self.pretrained(spec.model)
+        labels = self.task.labels
         probs = {
             split: predict(
                 model, loaded.view.take(splits[split]), self.cfg.train.eval_batch_size, self.buckets
@@ -244,6 +299,7 @@ class Experiment:
             "examples_per_second": result.examples_per_second,
             "steps": result.steps,
             "resumed_from": result.resumed_from,
+            "trained_side_by_side": group_size,
             "loss_history": [[h["step"], round(h["loss"], 6)] for h in result.history],
             "n_params": loaded.n_params,
             "config": _flat("", _config_for_table(self.cfg)),
@@ -292,12 +348,6 @@ class Experiment:
             predict_splits=["b", "val", "test"] if kind == "weak" else ["val", "test"],
         )
 
-    def run_weak(self, m: ModelConfig, seed: int, splits) -> dict:
-        return self._fit(self._gt_spec("weak", m, seed, splits["a"]), splits)
-
-    def run_ceiling(self, seed: int, splits) -> dict:
-        return self._fit(self._gt_spec("ceiling", self.strong, seed, splits["b"]), splits)
-
     def weak_labels(self, weak_runs: list[dict], splits, kind: str = "weak") -> np.ndarray:
         """Soft labels on B from stored predictions (weak runs, or the previous s2s round)."""
         b_ids = [self.task.ids[i] for i in splits["b"]]
@@ -325,14 +375,14 @@ class Experiment:
         )
         return teacher, self._tokenized[m.name].take(b_keep), float(self.cfg.loss.temperature)
 
-    def run_w2s(
+    def _w2s_spec(
         self,
         seed: int,
         splits,
         weak_runs: list[dict],
         previous: dict | None = None,
         round_: int = 0,
-    ) -> dict:
+    ) -> RunSpec:
         """Strong model on B supervised by the weak runs (or, for round_ >= 1, by the previous
         strong round: strong-to-strong)."""
         m, cfg = self.strong, self.cfg
@@ -390,29 +440,40 @@ class Experiment:
             extras=extras,
             teacher=self._teacher(weak_runs[0], b[keep]) if live else None,
         )
-        return self._fit(spec, splits)
+        return spec
 
     def run(self) -> pd.DataFrame:
+        """Every seed's weak, ceiling and w2s runs; ``train.vmap_seeds`` seeds at a time."""
+        k = max(1, self.cfg.train.vmap_seeds)
+        seeds = list(self.cfg.seeds)
         rows = []
-        for seed in self.cfg.seeds:
+        for chunk in (seeds[i : i + k] for i in range(0, len(seeds), k)):
             t0 = time.perf_counter()
-            splits = self.splits(seed)
-            row = {"seed": seed}
-            weak_runs = []
+            splits = {s: self.splits(s) for s in chunk}
+            table = {s: {"seed": s} for s in chunk}
+            weak = {s: [] for s in chunk}
             if {"weak", "w2s"} & set(self.cfg.kinds):
-                weak_runs = [self.run_weak(w, seed, splits) for w in self.weaks]
-                row["weak"] = weak_runs[0]["accuracy"]
+                for m in self.weaks:
+                    specs = [self._gt_spec("weak", m, s, splits[s]["a"]) for s in chunk]
+                    for s, run in zip(chunk, self._fit_group(specs, splits), strict=True):
+                        weak[s].append(run)
+                for s in chunk:
+                    table[s]["weak"] = weak[s][0]["accuracy"]
             if "ceiling" in self.cfg.kinds:
-                row["ceiling"] = self.run_ceiling(seed, splits)["accuracy"]
+                specs = [self._gt_spec("ceiling", self.strong, s, splits[s]["b"]) for s in chunk]
+                for s, run in zip(chunk, self._fit_group(specs, splits), strict=True):
+                    table[s]["ceiling"] = run["accuracy"]
             if "w2s" in self.cfg.kinds:
-                w2s = self.run_w2s(seed, splits, weak_runs)
-                row["w2s"] = w2s["accuracy"]
-                for r in range(1, self.cfg.s2s_rounds + 1):
-                    w2s = self.run_w2s(seed, splits, weak_runs, previous=w2s, round_=r)
-                    row[f"s2s{r}"] = w2s["accuracy"]
-            row["seconds"] = time.perf_counter() - t0
-            rows.append(row)
-            log.info("seed %s: %s", seed, {k: round(v, 4) for k, v in row.items()})
+                previous = {s: None for s in chunk}
+                for r in range(self.cfg.s2s_rounds + 1):
+                    specs = [self._w2s_spec(s, splits[s], weak[s], previous[s], r) for s in chunk]
+                    for s, run in zip(chunk, self._fit_group(specs, splits), strict=True):
+                        table[s]["w2s" if r == 0 else f"s2s{r}"] = run["accuracy"]
+                        previous[s] = run
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            for s in chunk:
+                rows.append({**table[s], "seconds": seconds})
+                log.info("seed %s: %s", s, {key: round(v, 4) for key, v in rows[-1].items()})
         return pd.DataFrame(rows)
 
 

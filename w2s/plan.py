@@ -26,23 +26,56 @@ KNOWN_CONFIGS: dict[str, dict] = {
     "gpt2-medium": {"model_type": "gpt2", "n_embd": 1024, "n_layer": 24, "n_head": 16},
     "gpt2-large": {"model_type": "gpt2", "n_embd": 1280, "n_layer": 36, "n_head": 20},
     "gpt2-xl": {"model_type": "gpt2", "n_embd": 1600, "n_layer": 48, "n_head": 25},
-    "Qwen/Qwen2.5-0.5B": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-                          "num_attention_heads": 14, "num_key_value_heads": 2,
-                          "vocab_size": 151936, "tie_word_embeddings": True},
-    "Qwen/Qwen2.5-1.5B": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-                          "num_attention_heads": 12, "num_key_value_heads": 2,
-                          "vocab_size": 151936, "tie_word_embeddings": True},
-    "Qwen/Qwen2.5-3B": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-                        "num_attention_heads": 16, "num_key_value_heads": 2,
-                        "vocab_size": 151936, "tie_word_embeddings": True},
-    "Qwen/Qwen2.5-7B": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                        "num_attention_heads": 28, "num_key_value_heads": 4,
-                        "vocab_size": 152064, "tie_word_embeddings": False},
+    "Qwen/Qwen2.5-0.5B": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "Qwen/Qwen2.5-1.5B": {
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "Qwen/Qwen2.5-3B": {
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "Qwen/Qwen2.5-7B": {
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+    },
 }
-_GPT2_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "layer_norm_epsilon": 1e-5,
-                  "activation_function": "gelu_new"}
-_QWEN2_DEFAULTS = {"model_type": "qwen2", "hidden_act": "silu", "rms_norm_eps": 1e-6,
-                   "rope_theta": 1000000.0, "max_position_embeddings": 32768}
+_GPT2_DEFAULTS = {
+    "vocab_size": 50257,
+    "n_positions": 1024,
+    "layer_norm_epsilon": 1e-5,
+    "activation_function": "gelu_new",
+}
+_QWEN2_DEFAULTS = {
+    "model_type": "qwen2",
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "max_position_embeddings": 32768,
+}
 
 
 def hf_config(path: str) -> dict:
@@ -54,7 +87,9 @@ def hf_config(path: str) -> dict:
     except Exception:
         if path not in KNOWN_CONFIGS:
             raise
-        base = _GPT2_DEFAULTS if KNOWN_CONFIGS[path].get("model_type") == "gpt2" else _QWEN2_DEFAULTS
+        base = (
+            _GPT2_DEFAULTS if KNOWN_CONFIGS[path].get("model_type") == "gpt2" else _QWEN2_DEFAULTS
+        )
         return {**base, **KNOWN_CONFIGS[path]}
 
 
@@ -63,7 +98,8 @@ def _shard_factor(path: tuple, shape: tuple, rules, mesh_shape: dict[str, int]) 
     for pattern, axes in rules:
         if re.fullmatch(pattern, name) and len(axes) == len(shape):
             return math.prod(
-                mesh_shape[a] for a, d in zip(axes, shape, strict=True)
+                mesh_shape[a]
+                for a, d in zip(axes, shape, strict=True)
                 if a is not None and d % mesh_shape[a] == 0
             )
     return 1
@@ -81,12 +117,15 @@ def plan(model_cfg, train_cfg, mesh_shape: dict[str, int], seq_len: int) -> dict
     family = family_for(hf.get("model_type"), model_cfg.path)
     cfg = family.config_from_hf(hf)
     param_dtype = jnp.dtype(model_cfg.param_dtype)
-    module = abstract_module(family, cfg, dtype=jnp.dtype(model_cfg.compute_dtype),
-                             param_dtype=param_dtype)
+    module = abstract_module(
+        family, cfg, dtype=jnp.dtype(model_cfg.compute_dtype), param_dtype=param_dtype
+    )
     flat = list(nnx.to_flat_state(nnx.state(module, nnx.Param)))
     params = {path_str(p): v.get_value() for p, v in flat}
-    factors = {path_str(p): _shard_factor(p, v.get_value().shape, family.sharding, mesh_shape)
-               for p, v in flat}
+    factors = {
+        path_str(p): _shard_factor(p, v.get_value().shape, family.sharding, mesh_shape)
+        for p, v in flat
+    }
     n_params = sum(math.prod(x.shape) for x in params.values())
     p_bytes = sum(_bytes(x) / factors[k] for k, x in params.items())
     tx = optimizer(train_cfg, 1e-5, 1000)
@@ -106,8 +145,15 @@ def plan(model_cfg, train_cfg, mesh_shape: dict[str, int], seq_len: int) -> dict
         act = layers * seq_len * b * h * (34 + 5 * heads * seq_len / h)
     act = act * act_itemsize / mesh_shape["tp"]
     total = 2 * p_bytes + opt_bytes + act  # grads are the params' size and sharding
-    return {"n_params": n_params, "params": p_bytes, "grads": p_bytes, "optimizer": opt_bytes,
-            "activations": act, "total": total, "per_device_batch": b}
+    return {
+        "n_params": n_params,
+        "params": p_bytes,
+        "grads": p_bytes,
+        "optimizer": opt_bytes,
+        "activations": act,
+        "total": total,
+        "per_device_batch": b,
+    }
 
 
 def _layers(cfg) -> int:

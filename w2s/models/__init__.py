@@ -42,7 +42,10 @@ def load_backbone(
     """
     ckpt, family, cfg = build_config(name_or_path, overrides)
     module = abstract_module(
-        family, cfg, dtype=jnp.dtype(compute_dtype or dtype), param_dtype=jnp.dtype(dtype),
+        family,
+        cfg,
+        dtype=jnp.dtype(compute_dtype or dtype),
+        param_dtype=jnp.dtype(dtype),
         attention=attention,
     )
     return load_weights(module, family, cfg, ckpt, mesh=mesh)
@@ -62,7 +65,14 @@ def load_classifier(
     """Backbone + pooling (the family's default unless given) + zero-initialised head."""
     ckpt, family, _ = build_config(name_or_path, overrides)
     backbone = load_backbone(
-        str(ckpt), dtype, compute_dtype=compute_dtype, overrides=overrides, attention=attention,
+        str(ckpt),
+        dtype,
+        compute_dtype=compute_dtype,
+        overrides=overrides,
+        attention=attention,
         mesh=mesh,
     )
-    return Classifier(backbone, num_labels, pooling or family.pooling)
+    classifier = Classifier(backbone, num_labels, pooling or family.pooling)
+    # the family's rules, seen from the classifier's root; the head stays replicated
+    classifier.sharding_rules = tuple((f"backbone/{pat}", axes) for pat, axes in family.sharding)
+    return classifier

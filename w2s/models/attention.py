@@ -26,7 +26,12 @@ def attend(
     """
     if implementation == "cudnn":
         return jax.nn.dot_product_attention(
-            q, k, v, scale=scale, is_causal=causal, key_value_seq_lengths=lengths.astype(jnp.int32),
+            q,
+            k,
+            v,
+            scale=scale,
+            is_causal=causal,
+            key_value_seq_lengths=lengths.astype(jnp.int32),
             implementation="cudnn",
         )
     if implementation != "xla":

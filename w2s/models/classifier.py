@@ -22,7 +22,9 @@ def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Arra
         return hidden[:, 0]
     if pooling == "mean":
         m = attention_mask[..., None].astype(jnp.float32)
-        return jnp.sum(hidden.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+        return jnp.sum(hidden.astype(jnp.float32) * m, axis=1) / jnp.maximum(
+            jnp.sum(m, axis=1), 1.0
+        )
     raise ValueError(f"pooling '{pooling}' unknown; use one of {POOLINGS}")
 
 

@@ -40,7 +40,9 @@ def spec_for(path: tuple, shape: tuple[int, ...], rules, mesh: Mesh) -> Partitio
     for pattern, axes in rules:
         if re.fullmatch(pattern, name):
             if len(axes) != len(shape):
-                raise ValueError(f"sharding rule {pattern!r} has {len(axes)} axes, {name} has shape {shape}")
+                raise ValueError(
+                    f"sharding rule {pattern!r} has {len(axes)} axes, {name} has shape {shape}"
+                )
             fitted = [
                 ax if ax is not None and dim % mesh.shape[ax] == 0 else None
                 for ax, dim in zip(axes, shape, strict=True)
@@ -51,3 +53,33 @@ def spec_for(path: tuple, shape: tuple[int, ...], rules, mesh: Mesh) -> Partitio
 
 def named_sharding(path: tuple, shape: tuple[int, ...], rules, mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, spec_for(path, shape, rules, mesh))
+
+
+def shard_state(state, rules, mesh: Mesh):
+    """Place every array of an NNX state on the mesh by the rules (others replicated)."""
+    from flax import nnx
+
+    flat = [
+        (
+            path,
+            var.replace(
+                jax.device_put(
+                    var.get_value(), named_sharding(path, var.get_value().shape, rules, mesh)
+                )
+            ),
+        )
+        for path, var in nnx.to_flat_state(state)
+    ]
+    return nnx.from_flat_state(flat)
+
+
+def batch_sharding(mesh: Mesh, leading: int = 0) -> NamedSharding:
+    """Examples split over the data and fsdp axes (after ``leading`` unsplit axes, e.g. seeds)."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * leading), ("data", "fsdp")))
+
+
+def on_mesh(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """``x`` unchanged if it already spans the mesh, else replicated over it."""
+    if len(x.sharding.device_set) == mesh.size:
+        return x
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))

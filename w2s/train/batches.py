@@ -36,7 +36,9 @@ def bucket_of(lengths: np.ndarray, buckets: list[int]) -> np.ndarray:
     edges = np.asarray(buckets)
     pos = np.searchsorted(edges, lengths, side="left")
     if np.any(pos >= len(edges)):
-        raise ValueError(f"a sequence of length {int(lengths.max())} exceeds the largest bucket {edges[-1]}")
+        raise ValueError(
+            f"a sequence of length {int(lengths.max())} exceeds the largest bucket {edges[-1]}"
+        )
     return edges[pos]
 
 

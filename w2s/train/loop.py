@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from w2s.config import TrainConfig
+from w2s.models.sharding import batch_sharding, on_mesh, shard_state
 from w2s.train.batches import Batch, epoch_batches, eval_batches, pad_rows
 from w2s.train.step import make_train_step, optimizer, predict_probs
 
@@ -55,9 +56,9 @@ class StepCache:
     def __init__(self):
         self._steps: dict = {}
 
-    def get(self, key, build):
+    def get(self, key, build, out_shardings=None):
         if key not in self._steps:
-            self._steps[key] = jax.jit(build(), donate_argnums=(0, 1))
+            self._steps[key] = jax.jit(build(), donate_argnums=(0, 1), out_shardings=out_shardings)
         return self._steps[key]
 
 
@@ -95,44 +96,129 @@ def train(
     labels: np.ndarray,
     cfg: TrainConfig,
     *,
-    loss_fn,
-    loss_key,
-    lr: float,
     seed: int,
-    buckets: list[int],
-    ckpt_dir: Path | None = None,
-    teacher: tuple[nnx.Module, View, float] | None = None,
-    extras: dict[str, np.ndarray] | None = None,
-    desc: str = "train",
+    teacher=None,
+    extras=None,
+    **kw,
 ) -> TrainResult:
     """Train ``model`` in place on (view, targets); ``teacher=(model, view, T)`` for live KD.
 
     ``extras`` are further per-example arrays the loss reads from the batch (e.g. ``gt_mask``).
     """
-    extras = extras or {}
-    graphdef, params = nnx.split(model)
-    lengths = _max_lengths(view, teacher[1] if teacher else None)
-    per_epoch = len(epoch_batches(lengths, buckets, cfg.batch_size, seed, 0))
+    teachers = None if teacher is None else ([teacher[0]], teacher[1], teacher[2])
+    return train_group(
+        [model],
+        view,
+        [targets],
+        labels,
+        cfg,
+        seeds=[seed],
+        teachers=teachers,
+        extras=[extras or {}],
+        **kw,
+    )[0]
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree, k: int):
+    return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
+
+
+def train_group(
+    models: list[nnx.Module],
+    view: View,
+    targets: list[np.ndarray],
+    labels: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    seeds: list[int],
+    loss_fn,
+    loss_key,
+    lr: float,
+    buckets: list[int],
+    ckpt_dir: Path | None = None,
+    teachers: tuple[list[nnx.Module], View, float] | None = None,
+    extras: list[dict[str, np.ndarray]] | None = None,
+    mesh=None,
+    desc: str = "train",
+) -> list[TrainResult]:
+    """Train K models of one architecture, one per seed, on the same rows, in one program.
+
+    K = 1 is the plain jitted step; K > 1 vmaps that step over stacked parameters, so the K
+    seeds share each compiled step (the bucket order of an epoch is the same for every seed;
+    only the rows in each batch differ). With a mesh, parameters are placed by the model's
+    sharding rules (FSDP/TP) and examples split over the data and fsdp axes.
+    """
+    k = len(models)
+    extras = extras or [{} for _ in range(k)]
+    graphdef, _ = nnx.split(models[0])
+    params = _stack([nnx.state(m) for m in models]) if k > 1 else nnx.state(models[0])
+    params = jax.tree.map(jnp.array, params)  # fresh buffers: the step donates them
+    t_graphdef, t_params, t_view, temperature = None, None, None, 1.0
+    if teachers is not None:
+        t_graphdef = nnx.graphdef(teachers[0][0])
+        t_states = [nnx.state(t) for t in teachers[0]]
+        t_params = _stack(t_states) if k > 1 else t_states[0]
+        t_view, temperature = teachers[1], teachers[2]
+    lengths = _max_lengths(view, t_view)
+    schedules = [None] * k  # per-seed batches of the current epoch
+    per_epoch = len(epoch_batches(lengths, buckets, cfg.batch_size, seeds[0], 0))
     total = per_epoch * cfg.epochs
     updates = max(total // max(cfg.grad_accum, 1), 1)
     tx = optimizer(cfg, lr, updates)
-    t_graphdef, t_params, t_view, temperature = None, None, None, 1.0
-    if teacher is not None:
-        t_graphdef, t_params = nnx.split(teacher[0])
-        t_view, temperature = teacher[1], teacher[2]
-    key = (graphdef, t_graphdef, temperature, loss_key, _train_key(cfg), lr, updates)
-    step_fn = STEPS.get(
-        key,
-        lambda: make_train_step(
-            graphdef, tx, loss_fn,
-            teacher=(t_graphdef, temperature) if teacher is not None else None,
-            remat=cfg.remat,
-        ),
+    rules = getattr(models[0], "sharding_rules", ())
+    if mesh is not None:
+        if cfg.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+            raise ValueError(
+                f"train.batch_size={cfg.batch_size} does not split over mesh "
+                f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}"
+            )
+        params = shard_state(params, _lead(rules, k), mesh)
+        if t_params is not None:
+            t_params = shard_state(
+                t_params, _lead(getattr(teachers[0][0], "sharding_rules", ()), k), mesh
+            )
+    opt_state = jax.jit(jax.vmap(tx.init) if k > 1 else tx.init)(params)
+    if mesh is not None:  # moments follow their parameters; scalars (step counts) replicate
+        opt_state = jax.tree.map(lambda x: on_mesh(x, mesh), opt_state)
+    key = (
+        graphdef,
+        t_graphdef,
+        temperature,
+        loss_key,
+        _train_key(cfg),
+        lr,
+        updates,
+        k,
+        None if mesh is None else (tuple(mesh.shape.items()), tuple(mesh.devices.flat)),
     )
-    params = jax.tree.map(jnp.array, params)  # fresh buffers: the step donates them
-    opt_state = tx.init(params)
+    out_shardings = None
+    if mesh is not None:  # keep the placement fixed from step to step
+        out_shardings = (
+            jax.tree.map(lambda x: x.sharding, params),
+            jax.tree.map(lambda x: x.sharding, opt_state),
+            None,
+        )
 
-    manager = _checkpointer(ckpt_dir, cfg.checkpoint_every) if ckpt_dir else None
+    def build():
+        step = make_train_step(
+            graphdef,
+            tx,
+            loss_fn,
+            teacher=(t_graphdef, temperature) if teachers else None,
+            remat=cfg.remat,
+        )
+        if k > 1:
+            step = jax.vmap(step, in_axes=(0, 0, 0, None) + ((0,) if teachers else ()))
+        return step
+
+    step_fn = STEPS.get(key, build, out_shardings)
+    data_sharding = None if mesh is None else batch_sharding(mesh, leading=int(k > 1))
+
+    manager = _checkpointer(ckpt_dir, cfg.checkpoint_every) if ckpt_dir and k == 1 else None
     start = 0
     if manager is not None and manager.latest_step() is not None:
         start = int(manager.latest_step())
@@ -146,20 +232,28 @@ def train(
     shapes_seen: set = set()
     pending = []
     for epoch in range(cfg.epochs):
-        for b in epoch_batches(lengths, buckets, cfg.batch_size, seed, epoch):
+        schedules = [epoch_batches(lengths, buckets, cfg.batch_size, s, epoch) for s in seeds]
+        for i in range(len(schedules[0])):
             step += 1
             if step <= start:
                 continue
-            arrays = _batch_arrays(view, t_view, b, targets, labels, extras)
+            group = [sched[i] for sched in schedules]
+            per_seed = [
+                _batch_arrays(view, t_view, b, targets[j], labels, extras[j])
+                for j, b in enumerate(group)
+            ]
+            arrays = _stack(per_seed) if k > 1 else per_seed[0]
+            if data_sharding is not None:
+                arrays = jax.device_put(arrays, data_sharding)
             frac = np.float32((step - 1) / max(total, 1))
             t_step = time.perf_counter()
-            args = (params, opt_state, arrays, frac) + ((t_params,) if teacher else ())
+            args = (params, opt_state, arrays, frac) + ((t_params,) if teachers else ())
             params, opt_state, stats = step_fn(*args)
-            if b.length not in shapes_seen:  # first call of a shape includes its compilation
-                shapes_seen.add(b.length)
+            if group[0].length not in shapes_seen:  # a shape's first call includes compiling it
+                shapes_seen.add(group[0].length)
                 jax.block_until_ready(stats["loss"])
                 compile_s += time.perf_counter() - t_step
-            seen += int(b.weight.sum())
+            seen += int(sum(b.weight.sum() for b in group))
             pending.append(stats)
             if len(pending) >= 10 or step == total:
                 _check_and_report(pending, step, bar, seen, t0, history)
@@ -175,35 +269,74 @@ def train(
     if manager is not None:
         manager.wait_until_finished()
         manager.close()
-    nnx.update(model, params)
-    return TrainResult(
-        params=params,
-        steps=total,
-        seconds=seconds,
-        compile_seconds=compile_s,
-        examples_per_second=seen / max(seconds - compile_s, 1e-9),
-        resumed_from=start,
-        history=history,
-    )
+    results = []
+    for j, (model, p) in enumerate(
+        zip(models, _unstack(params, k) if k > 1 else [params], strict=True)
+    ):
+        nnx.update(model, p)
+        results.append(
+            TrainResult(
+                params=p,
+                steps=total,
+                seconds=seconds,
+                compile_seconds=compile_s,
+                examples_per_second=seen / max(seconds - compile_s, 1e-9),
+                resumed_from=start,
+                history=[_seed_record(h, j, k) for h in history],
+            )
+        )
+    return results
+
+
+def _seed_record(rec: dict, j: int, k: int) -> dict:
+    """One seed's view of a report made while K seeds trained together."""
+    if k == 1:
+        return rec
+    return {**rec, "loss": rec["loss"][j], "losses": [row[j] for row in rec["losses"]]}
+
+
+def _lead(rules, k: int):
+    """Rules for parameters stacked along a leading seed axis (kept unsplit)."""
+    if k == 1:
+        return rules
+    return tuple((pat, (None, *axes)) for pat, axes in rules)
 
 
 def _train_key(cfg: TrainConfig) -> tuple:
-    return (cfg.optimizer, cfg.weight_decay, cfg.warmup_frac, cfg.schedule, cfg.clip_norm,
-            cfg.grad_accum, cfg.remat)
+    return (
+        cfg.optimizer,
+        cfg.weight_decay,
+        cfg.warmup_frac,
+        cfg.schedule,
+        cfg.clip_norm,
+        cfg.grad_accum,
+        cfg.remat,
+    )
 
 
 def _check_and_report(pending, step, bar, seen, t0, history):
     """Pull the last few steps' stats to the host (one sync per report), stop on NaN."""
     stats = jax.device_get(pending)
-    losses = np.array([s["loss"] for s in stats])
+    losses = np.array([s["loss"] for s in stats])  # [steps] or [steps, seeds]
     if not np.all(np.isfinite(losses)):
-        bad = step - len(stats) + int(np.argmin(np.isfinite(losses)))
-        raise FloatingPointError(f"training loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}")
-    rec = {"step": step, "loss": float(losses.mean()), "accuracy": float(np.mean([s["accuracy"] for s in stats]))}
+        bad = step - len(stats) + int(np.argmin(np.isfinite(losses).reshape(len(stats), -1).all(1)))
+        raise FloatingPointError(
+            f"training loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}"
+        )
+    rec = {
+        "step": step,
+        "loss": losses.mean(0).tolist(),
+        "losses": losses.tolist(),
+        "accuracy": float(np.mean([s["accuracy"] for s in stats])),
+    }
     history.append(rec)
     if bar is not None:
         rate = seen / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.3f}", ex_s=f"{rate:.0f}")
+        bar.set_postfix(
+            loss=f"{float(np.mean(rec['loss'])):.4f}",
+            acc=f"{rec['accuracy']:.3f}",
+            ex_s=f"{rate:.0f}",
+        )
         bar.update(len(stats))
 
 
@@ -235,7 +368,9 @@ def _save(manager, step, params, opt_state):
 def _restore(manager, step, params, opt_state):
     import orbax.checkpoint as ocp
 
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state})
+    target = jax.tree.map(
+        ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state}
+    )
     return manager.restore(step, args=ocp.args.StandardRestore(target))
 
 

@@ -100,7 +100,9 @@ def make_train_step(
     if remat == "full":
         loss_of = jax.checkpoint(loss_of)
     elif remat == "dots":
-        loss_of = jax.checkpoint(loss_of, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        loss_of = jax.checkpoint(
+            loss_of, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        )
     elif remat != "none":
         raise ValueError(f"train.remat '{remat}' unknown; use none, full or dots")
 
@@ -121,4 +123,6 @@ def make_train_step(
 @partial(jax.jit, static_argnums=0)
 def predict_probs(graphdef: nnx.GraphDef, params, input_ids, attention_mask) -> jax.Array:
     """Softmax probabilities [B, C] in float32."""
-    return jax.nn.softmax(forward(graphdef, params, {"input_ids": input_ids, "attention_mask": attention_mask}), -1)
+    return jax.nn.softmax(
+        forward(graphdef, params, {"input_ids": input_ids, "attention_mask": attention_mask}), -1
+    )
