@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -56,11 +57,32 @@ def run(cfg: DictConfig) -> int:
 
         print_plan(cfg)
         return 0
+    compiling = _compile_timer()
+    t0 = time.perf_counter()
     table = Experiment(cfg).run()
+    wall = time.perf_counter() - t0
     print(f"\n{cfg.task.name}: weak={cfg.weak.name} strong={cfg.strong.name} loss={cfg.loss.name}")
     print(summarize(table))
+    print(f"compiling: {compiling[0]:.1f} s of {wall:.1f} s ({100 * compiling[0] / wall:.1f} %)")
     print(f"runs written under {Path(cfg.results_dir).resolve()}/runs")
     return 0
+
+
+_COMPILE_EVENTS = ("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration", "backend_compile_duration")
+
+
+def _compile_timer() -> list[float]:
+    """Seconds spent tracing, lowering and compiling, from JAX's own monitoring events."""
+    from jax import monitoring
+
+    total = [0.0]
+
+    def listen(event: str, duration: float, **_) -> None:
+        if event.endswith(_COMPILE_EVENTS):
+            total[0] += duration
+
+    monitoring.register_event_duration_secs_listener(listen)
+    return total
 
 
 def _compilation_cache(cache: Path) -> None:
