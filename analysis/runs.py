@@ -114,6 +114,8 @@ def _find_run_dirs(root: Path) -> list[tuple[Path, set[str]]]:
     """Directories that hold a run marker, or are empty leaves under a ``<kind>/`` folder."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
+        # hidden folders (Hydra's .hydra/ job logs, temp dirs) never hold runs
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         names = set(filenames)
         is_leaf_of_kind = not dirnames and Path(dirpath).parent.name in KINDS
         if names.intersection(RUN_MARKERS) or is_leaf_of_kind:

@@ -201,31 +201,32 @@ class Experiment:
 
     def _fit_group(self, specs: list[RunSpec], splits: dict[int, dict]) -> list[dict]:
         """Train what is not finished yet (side by side where allowed), record, reuse the rest."""
-        out: list[dict | None] = [None] * len(specs)
-        todo = []
-        for i, spec in enumerate(specs):
-            done = None if self.cfg.force else self.store.finished(spec.kind, spec.rid)
-            if done is not None:
-                log.info("%s run %s already finished: reused", spec.kind, spec.rid)
-                out[i] = done
-                continue
-            config = {
-                **spec.identity,
-                "header": spec.header,
-                "train": OmegaConf.to_container(self.cfg.train, resolve=True),
-            }
-            todo.append((i, spec, self.store.start(spec.kind, spec.rid, config, spec.header)))
-        for group in self._side_by_side(todo):
-            try:
-                trained = self._train(group)
-                for (i, spec, d), (model, result) in zip(group, trained, strict=True):
-                    out[i] = self._record(spec, splits[spec.seed], d, model, result, len(group))
-            except BaseException as e:
-                for i, spec, d in group:
-                    if out[i] is None:
-                        self.store.fail(d, spec.header, e)
-                raise
-        return out
+        with self.store.claim(*((s.kind, s.rid) for s in specs)):  # parallel jobs wait here
+            out: list[dict | None] = [None] * len(specs)
+            todo = []
+            for i, spec in enumerate(specs):
+                done = None if self.cfg.force else self.store.finished(spec.kind, spec.rid)
+                if done is not None:
+                    log.info("%s run %s already finished: reused", spec.kind, spec.rid)
+                    out[i] = done
+                    continue
+                config = {
+                    **spec.identity,
+                    "header": spec.header,
+                    "train": OmegaConf.to_container(self.cfg.train, resolve=True),
+                }
+                todo.append((i, spec, self.store.start(spec.kind, spec.rid, config, spec.header)))
+            for group in self._side_by_side(todo):
+                try:
+                    trained = self._train(group)
+                    for (i, spec, d), (model, result) in zip(group, trained, strict=True):
+                        out[i] = self._record(spec, splits[spec.seed], d, model, result, len(group))
+                except BaseException as e:
+                    for i, spec, d in group:
+                        if out[i] is None:
+                            self.store.fail(d, spec.header, e)
+                    raise
+            return out
 
     def _side_by_side(self, todo: list) -> list[list]:
         """Groups of up to train.vmap_seeds runs on the same rows; one program trains a group."""

@@ -4,16 +4,22 @@ A run's id is a hash of what determines its numbers (never of cosmetic keys such
 bars or the results path), so the same run asked for twice is found, not recomputed. Every
 file is written to a temporary name and renamed; ``metrics.json`` is written last, so a run
 with ``status: done`` always has its predictions beside it. A failed run records
-``status: failed`` and its error.
+``status: failed`` and its error. Jobs running at once (a parallel sweep) take a run's lock
+around checking, training and recording it (``RunStore.claim``): the first trains it, the others
+wait, then find it finished and reuse it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,7 @@ import pandas as pd
 import yaml
 
 KINDS = ("weak", "ceiling", "w2s")
+log = logging.getLogger("w2s")
 
 
 def run_id(identity: dict) -> str:
@@ -68,6 +75,27 @@ class RunStore:
         if kind not in KINDS:
             raise ValueError(f"run kind '{kind}' unknown; use one of {KINDS}")
         return self.root / "runs" / kind / rid
+
+    @contextmanager
+    def claim(self, *runs: tuple[str, str]) -> Iterator[None]:
+        """Hold the lock (``flock`` on ``<run dir>/.lock``) of each ``(kind, run_id)`` here.
+
+        Check, train and record runs inside it: another process that needs one of them waits
+        here, then finds it finished. Locks are taken in sorted order, so processes claiming
+        overlapping groups cannot deadlock. The kernel drops a lock when its holder exits or is
+        killed; the empty ``.lock`` file stays. Not re-entrant: do not nest claims of a run.
+        """
+        with ExitStack() as held:
+            for kind, rid in sorted(set(runs)):
+                d = self.dir(kind, rid)
+                d.mkdir(parents=True, exist_ok=True)
+                f = held.enter_context(open(d / ".lock", "a"))
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.info("%s run %s is being trained by another job: waiting", kind, rid)
+                    fcntl.flock(f, fcntl.LOCK_EX)
+            yield
 
     def finished(self, kind: str, rid: str) -> dict | None:
         """The metrics of a finished run, or None."""
