@@ -8,9 +8,25 @@ Norms compute in float32 whatever the compute dtype: bf16 cannot hold small vari
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+# HF ``hidden_act`` / ``activation_function`` names. BERT's "gelu" is the exact erf form,
+# GPT-2's "gelu_new" the tanh approximation.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": partial(jax.nn.gelu, approximate=False),
+    "gelu_new": partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
 
 
 class Dense(nnx.Linear):

@@ -7,7 +7,6 @@ tokens. The backbone takes only ids and mask, so every token has segment 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -16,16 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from w2s.models.attention import attend
-from w2s.models.layers import Dense, LayerNorm
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": partial(jax.nn.gelu, approximate=False),  # BERT's GELU is the exact erf form
-    "gelu_new": partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
+from w2s.models.layers import ACTIVATIONS, Dense, LayerNorm
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ concatenation.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,18 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from w2s.models.attention import attend
-from w2s.models.layers import Dense, LayerNorm, dense_einsum
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu_new": partial(jax.nn.gelu, approximate=True),  # GPT-2's tanh approximation
-    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
-    "gelu_fast": partial(jax.nn.gelu, approximate=True),
-    "gelu": partial(jax.nn.gelu, approximate=False),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
+from w2s.models.layers import ACTIVATIONS, Dense, LayerNorm, dense_einsum
 
 
 def _pick(d: dict, *names: str, default=None):
