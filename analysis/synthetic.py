@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.runs import METRICS_FILE, PREDICTIONS_FILE
+from w2s.metrics import auroc
 
 
 @dataclass(frozen=True)
@@ -21,21 +22,6 @@ class ModelPredictions:
     """A model's predicted probabilities per split, for one task and seed."""
 
     probs: dict[str, np.ndarray]
-
-
-def binary_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """AUROC via the Mann–Whitney rank statistic (ties get average ranks)."""
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores))
-    sorted_scores = np.asarray(scores)[order]
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0  # 1-based average rank of each tie block
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def simulate_probs(
@@ -117,7 +103,7 @@ def write_run(
         "loss": loss,
         "seed": seed,
         "accuracy": float(np.mean(test_probs.argmax(1) == test_labels)),
-        "auroc": binary_auroc(test_labels, test_probs[:, 1]),
+        "auroc": auroc(test_probs, test_labels),
         "n_test": int(len(test_labels)),
         "train_seconds": 1.0,
         "examples_per_second": 100.0,
