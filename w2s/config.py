@@ -94,7 +94,6 @@ class TrainConfig:
     buckets: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
     vmap_seeds: int = 1  # train this many seeds of one model in one compiled program
     remat: str = "none"  # none | full | dots
-    scan_layers: bool = False
     attention: str = "xla"  # xla | cudnn
     progress: bool = True
 
