@@ -38,15 +38,20 @@ def attend(
         raise ValueError(f"attention implementation '{implementation}' unknown; use xla or cudnn")
     b, t, n, h = q.shape
     s, kv = k.shape[1], k.shape[2]
+    g = n // kv
     scale = 1.0 / h**0.5 if scale is None else scale
-    valid = (jnp.arange(s)[None, :] < lengths[:, None])[:, None, None, None, :]  # [B,1,1,1,S]
-    if causal:
-        valid = valid & (jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])[None, None, None]
-    # Grouped heads: q [B,T,K,G,H] against k/v [B,S,K,H]; einsums keep the [B,T,heads] layout
-    # of the projections, so no transposes are materialised around the attention.
-    qg = q.reshape(b, t, kv, n // kv, h)
-    logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    # Heads-major layout: q [B,K,G*T,H] against k/v [B,K,S,H] as plain batched matmuls. XLA:CPU
+    # turns einsums whose batch dims are not leading into slow dots plus layout copies; one
+    # copy in and one out is cheaper. Pre-scaling q saves a pass over the [T,S] logits.
+    qh = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv, g, h)
+    qh = qh.transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, h)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    logits = jnp.matmul(qh, kh.swapaxes(-1, -2), preferred_element_type=jnp.float32)
+    valid = (jnp.arange(s)[None, :] < lengths[:, None])[:, None, None, :]  # [B,1,1,S]
+    if causal:  # row r of the G*T rows is query position r % T
+        query_pos = jnp.tile(jnp.arange(t), g)
+        valid = valid & (query_pos[:, None] >= jnp.arange(s)[None, :])[None, None]
     logits = logits + jnp.where(valid, 0.0, -1e30).astype(jnp.float32)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
-    return out.reshape(b, t, n, h)
+    out = jnp.matmul(probs, vh)  # [B,K,G*T,H]
+    return out.reshape(b, kv, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)

@@ -16,9 +16,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 # HF ``hidden_act`` / ``activation_function`` names. BERT's "gelu" is the exact erf form,
-# GPT-2's "gelu_new" the tanh approximation.
+# GPT-2's "gelu_new" the tanh approximation. The exact form is written with erf, as torch does:
+# jax.nn.gelu(approximate=False) lowers through erfc, which XLA:CPU expands into a slower
+# two-branch polynomial.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": partial(jax.nn.gelu, approximate=False),
+    "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * (2.0**-0.5))),
     "gelu_new": partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
     "gelu_fast": partial(jax.nn.gelu, approximate=True),
