@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from w2s.runtime import configure as configure_cpu_runtime
+
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the GPU
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # known configs only: never wait on the network
 
@@ -400,6 +402,7 @@ def versions() -> dict[str, str]:
         "cpu_count": str(os.cpu_count()),
         "cpus_used": str(len(os.sched_getaffinity(0))),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "w2s_cpu_runtime": json.dumps(configure_cpu_runtime()),
     }
 
 
@@ -540,7 +543,8 @@ def format_result(res: dict) -> str:
     )
     lines.append(
         f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}, torch {v['torch']}, "
-        f"transformers {v['transformers']}, python {v['python']}"
+        f"transformers {v['transformers']}, python {v['python']}; "
+        f"w2s.runtime {v.get('w2s_cpu_runtime', '?')} (W2S_CPU_RUNTIME=default to compare)"
     )
     if "jax" in res["info"]:
         lines.append(f"jax compile + first step {res['info']['jax']['compile_s']:.1f}s")
@@ -626,6 +630,7 @@ def restrict_cpus(n: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_cpu_runtime()  # what importing w2s does; process-wide, so torch runs under it too
     args.dtype = args.dtype or ("bfloat16" if args.all_gpu else "float32")
     restrict_cpus(args.cpus)
     if args.all_gpu:

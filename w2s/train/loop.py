@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +124,24 @@ def _stack(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def _stack_host(trees):
+    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def _prefetched(items, build, pool):
+    """Yield ``(item, build(item[1]))`` with the following item's build already under way."""
+    items = iter(items)
+    item = next(items, None)
+    future = None if item is None else pool.submit(build, item[1])
+    while item is not None:
+        built = future.result()
+        following = next(items, None)
+        if following is not None:
+            future = pool.submit(build, following[1])
+        yield item, built
+        item = following
+
+
 def _unstack(tree, k: int):
     return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
 
@@ -164,7 +183,6 @@ def train_group(
         t_params = _stack(t_states) if k > 1 else t_states[0]
         t_view, temperature = teachers[1], teachers[2]
     lengths = _max_lengths(view, t_view)
-    schedules = [None] * k  # per-seed batches of the current epoch
     per_epoch = len(epoch_batches(lengths, buckets, cfg.batch_size, seeds[0], 0))
     total = per_epoch * cfg.epochs
     updates = max(total // max(cfg.grad_accum, 1), 1)
@@ -227,22 +245,32 @@ def train_group(
         log.info("%s: resumed from checkpoint at step %d", desc, start)
 
     history: list[dict] = []
-    seen, t0, compile_s, step = 0, time.perf_counter(), 0.0, 0
+    seen, t0, compile_s, step = 0, time.perf_counter(), 0.0, start
     bar = _progress(total, start, desc, cfg.progress)
     shapes_seen: set = set()
     pending = []
-    for epoch in range(cfg.epochs):
-        schedules = [epoch_batches(lengths, buckets, cfg.batch_size, s, epoch) for s in seeds]
-        for i in range(len(schedules[0])):
-            step += 1
-            if step <= start:
-                continue
-            group = [sched[i] for sched in schedules]
-            per_seed = [
-                _batch_arrays(view, t_view, b, targets[j], labels, extras[j])
-                for j, b in enumerate(group)
-            ]
-            arrays = _stack(per_seed) if k > 1 else per_seed[0]
+
+    def plan():
+        """(step, the K seeds' batches) from ``start`` on; the order is fixed by (seed, epoch)."""
+        n = 0
+        for epoch in range(cfg.epochs):
+            schedules = [epoch_batches(lengths, buckets, cfg.batch_size, s, epoch) for s in seeds]
+            for i in range(len(schedules[0])):
+                n += 1
+                if n > start:
+                    yield n, [sched[i] for sched in schedules]
+
+    def host_arrays(group):
+        per_seed = [
+            _batch_arrays(view, t_view, b, targets[j], labels, extras[j])
+            for j, b in enumerate(group)
+        ]
+        return _stack_host(per_seed) if k > 1 else per_seed[0]
+
+    # The next batch is padded and stacked on a helper thread while the step runs (numpy
+    # releases the GIL); on CPU the step runs inline on this thread (w2s.runtime).
+    with ThreadPoolExecutor(1, thread_name_prefix="w2s-batches") as pool:
+        for (step, group), arrays in _prefetched(plan(), host_arrays, pool):
             if data_sharding is not None:
                 arrays = jax.device_put(arrays, data_sharding)
             frac = np.float32((step - 1) / max(total, 1))
