@@ -46,9 +46,10 @@ def summarize(table) -> str:
 
 
 def run(cfg: DictConfig) -> int:
-    from w2s.pipeline import Experiment
+    from w2s.distributed import initialize, is_lead
 
     OmegaConf.resolve(cfg)
+
     cache = Path(str(cfg.cache_dir)).expanduser()
     os.environ.setdefault("W2S_CACHE", str(cache))
     _compilation_cache(cache)
@@ -57,10 +58,15 @@ def run(cfg: DictConfig) -> int:
 
         print_plan(cfg)
         return 0
+    initialize(cfg.distributed)  # before anything touches a device
+    from w2s.pipeline import Experiment
+
     compiling = _compile_timer()
     t0 = time.perf_counter()
     table = Experiment(cfg).run()
     wall = time.perf_counter() - t0
+    if not is_lead():
+        return 0
     print(f"\n{cfg.task.name}: weak={cfg.weak.name} strong={cfg.strong.name} loss={cfg.loss.name}")
     print(summarize(table))
     print(f"compiling: {compiling[0]:.1f} s of {wall:.1f} s ({100 * compiling[0] / wall:.1f} %)")

@@ -108,6 +108,17 @@ class MeshConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Multi-process start (``jax.distributed.initialize``); nulls are detected from the
+    cluster environment (SLURM, Open MPI, Cloud TPU)."""
+
+    enabled: bool = False
+    coordinator_address: str | None = None  # host:port of process 0
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclass
 class Config:
     weak: ModelConfig = MISSING
     strong: ModelConfig = MISSING
@@ -115,6 +126,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     kinds: list[str] = field(default_factory=lambda: ["weak", "ceiling", "w2s"])
     extra_weak: list[ModelConfig] = field(default_factory=list)  # more weak supervisors

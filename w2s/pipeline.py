@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from omegaconf import OmegaConf
 
 from w2s.config import Config, ModelConfig
 from w2s.data import load_task, load_tokenizer, make_splits, tokenize
+from w2s.distributed import agree, barrier, is_lead
 from w2s.metrics import accuracy, auroc
 from w2s.models import load_classifier
 from w2s.models.hub import resolve
@@ -200,22 +202,36 @@ class Experiment:
         }
 
     def _fit_group(self, specs: list[RunSpec], splits: dict[int, dict]) -> list[dict]:
-        """Train what is not finished yet (side by side where allowed), record, reuse the rest."""
-        with self.store.claim(*((s.kind, s.rid) for s in specs)):  # parallel jobs wait here
+        """Train what is not finished yet (side by side where allowed), record, reuse the rest.
+
+        With several processes, process 0 claims and decides; every process trains the runs
+        it decided on, and all wait for its writes before returning (``w2s.distributed``).
+        """
+        lead = is_lead()
+        claim = self.store.claim(*((s.kind, s.rid) for s in specs)) if lead else nullcontext()
+        with claim:  # parallel jobs wait here
+            finished = [
+                None if self.cfg.force or not lead else self.store.finished(s.kind, s.rid)
+                for s in specs
+            ]
+            reuse = agree([f is not None for f in finished])
             out: list[dict | None] = [None] * len(specs)
             todo = []
             for i, spec in enumerate(specs):
-                done = None if self.cfg.force else self.store.finished(spec.kind, spec.rid)
-                if done is not None:
+                if reuse[i]:
                     log.info("%s run %s already finished: reused", spec.kind, spec.rid)
-                    out[i] = done
+                    out[i] = finished[i] or self.store.finished(spec.kind, spec.rid)
                     continue
                 config = {
                     **spec.identity,
                     "header": spec.header,
                     "train": OmegaConf.to_container(self.cfg.train, resolve=True),
                 }
-                todo.append((i, spec, self.store.start(spec.kind, spec.rid, config, spec.header)))
+                d = self.store.dir(spec.kind, spec.rid)
+                if lead:
+                    self.store.start(spec.kind, spec.rid, config, spec.header)
+                todo.append((i, spec, d))
+            barrier("w2s-runs-started")  # run dirs exist for every process's checkpoints
             for group in self._side_by_side(todo):
                 try:
                     trained = self._train(group)
@@ -223,9 +239,10 @@ class Experiment:
                         out[i] = self._record(spec, splits[spec.seed], d, model, result, len(group))
                 except BaseException as e:
                     for i, spec, d in group:
-                        if out[i] is None:
+                        if out[i] is None and lead:
                             self.store.fail(d, spec.header, e)
                     raise
+            barrier("w2s-runs-recorded")  # what process 0 wrote is readable by all
             return out
 
     def _side_by_side(self, todo: list) -> list[list]:
@@ -308,8 +325,9 @@ class Experiment:
         if len(splits["val"]) and "val" in probs:
             metrics["val_accuracy"] = accuracy(probs["val"], labels[splits["val"]])
         if spec.kind == "weak":  # the supervisor's weights, for live distillation later
-            save_params(model, d / "weights")
-        self.store.finish(d, metrics, pd.concat(rows, ignore_index=True))
+            save_params(model, d / "weights")  # every process: orbax writes its shards
+        if is_lead():
+            self.store.finish(d, metrics, pd.concat(rows, ignore_index=True))
         return metrics
 
     def _prediction_rows(self, idx, split, probs, weak_soft) -> pd.DataFrame:

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from w2s.config import TrainConfig
+from w2s.distributed import is_lead, to_host
 from w2s.models.sharding import batch_sharding, on_mesh, shard_state
 from w2s.train.batches import Batch, epoch_batches, eval_batches, pad_rows
 from w2s.train.step import make_train_step, optimizer, predict_probs
@@ -369,7 +370,7 @@ def _check_and_report(pending, step, bar, seen, t0, history):
 
 
 def _progress(total, start, desc, enabled):
-    if not enabled:
+    if not enabled or not is_lead():
         return None
     from tqdm.auto import tqdm
 
@@ -409,7 +410,7 @@ def predict(model: nnx.Module, view: View, batch_size: int, buckets: list[int]) 
     for b in eval_batches(view.lengths, buckets, batch_size):
         ids, mask = pad_rows(view.ids, b.index, b.length, view.pad_id)
         probs = predict_probs(graphdef, params, ids, mask)
-        out.append((b.index[b.weight > 0], np.asarray(probs)[b.weight > 0]))
+        out.append((b.index[b.weight > 0], to_host(probs)[b.weight > 0]))
     n = len(view.ids)
     num_labels = out[0][1].shape[1]
     probs = np.zeros((n, num_labels), np.float32)
