@@ -167,8 +167,14 @@ SHARDED = textwrap.dedent("""
         got = fwd(model, jax.device_put(ids, data), jax.device_put(mask, data))
         q = model.h[0].attn.c_attn.kernel if name == "gpt2" else model.layers[0].attention.query.kernel
         fc = model.h[1].mlp.c_fc.kernel if name == "gpt2" else model.layers[1].intermediate.kernel
+        scanned = load_backbone(path, mesh=mesh, scan_layers=True)
+        got_s = fwd(scanned, jax.device_put(ids, data), jax.device_put(mask, data))
+        q_s = scanned.h.attn.c_attn.kernel if name == "gpt2" else scanned.layers.attention.query.kernel
         out[name] = {
             "diff": max_diff_valid(got, ref, mask),
+            "scanned_diff": max_diff_valid(got_s, ref, mask),
+            "scanned_q_spec": [a for a in q_s[...].sharding.spec],
+            "scanned_q_shards": len({str(s.index) for s in q_s[...].addressable_shards}),
             "q_spec": [a for a in q[...].sharding.spec],
             "q_shards": len({str(s.index) for s in q[...].addressable_shards}),
             "fc_spec": [a for a in fc[...].sharding.spec],
@@ -180,7 +186,8 @@ SHARDED = textwrap.dedent("""
 
 def test_sharded_forward_matches(ckpts):
     """fsdp=4 x tp=2 over 8 simulated CPU devices, in a fresh process (device count is fixed
-    when JAX starts): same hidden states as the unsharded model, and parameters really split."""
+    when JAX starts): same hidden states as the unsharded model, and parameters really split,
+    with the layers unrolled or scanned (stacked parameters keep their layer axis whole)."""
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -199,10 +206,13 @@ def test_sharded_forward_matches(ckpts):
     res = json.loads(run.stdout.split("RESULT", 1)[1])
     assert res["gpt2"]["q_spec"] == ["fsdp", None, "tp"] and res["gpt2"]["q_shards"] == 8
     assert res["bert"]["q_spec"] == ["fsdp", "tp"] and res["bert"]["q_shards"] == 8
+    assert res["gpt2"]["scanned_q_spec"] == [None, "fsdp", None, "tp"]
+    assert res["bert"]["scanned_q_spec"] == [None, "fsdp", "tp"]
     for r in res.values():
         assert r["fc_spec"] == ["fsdp", "tp"]
         assert r["devices"] == 8
-        assert r["diff"] <= 1e-5, res
+        assert r["scanned_q_shards"] == 8
+        assert r["diff"] <= 1e-5 and r["scanned_diff"] <= 1e-5, res
 
 
 # ---------------------------------------------------------------- classifier and pooling

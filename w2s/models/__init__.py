@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from w2s.models.classifier import Classifier, pool
 from w2s.models.hub import CheckpointError
-from w2s.models.loading import abstract_module, build_config, load_weights
+from w2s.models.loading import abstract_module, build_config, family_rules, load_weights
 from w2s.models.registry import MODEL_TYPES, Family, family_for
 
 __all__ = [
@@ -33,12 +33,16 @@ def load_backbone(
     compute_dtype: str | None = None,
     overrides: dict | None = None,
     attention: str = "xla",
+    remat: str = "none",
+    scan_layers: bool = False,
     mesh=None,
 ):
     """Backbone with parameters in ``dtype`` and activations in ``compute_dtype`` (default: same).
 
     ``overrides`` replaces keys of the HF config (e.g. ``num_hidden_layers`` to keep only the
-    first layers); tensors the result does not use are listed in a log line.
+    first layers); tensors the result does not use are listed in a log line. ``remat`` is the
+    per-layer rematerialisation policy (none | full | dots); ``scan_layers`` stacks the layers'
+    parameters and applies them with one ``lax.scan`` (see ``w2s.models.stack``).
     """
     ckpt, family, cfg = build_config(name_or_path, overrides)
     module = abstract_module(
@@ -47,8 +51,11 @@ def load_backbone(
         dtype=jnp.dtype(compute_dtype or dtype),
         param_dtype=jnp.dtype(dtype),
         attention=attention,
+        remat=remat,
+        scan_layers=scan_layers,
     )
-    return load_weights(module, family, cfg, ckpt, mesh=mesh)
+    rules = family_rules(family, scan_layers)
+    return load_weights(module, family, cfg, ckpt, mesh=mesh, rules=rules)
 
 
 def load_classifier(
@@ -60,6 +67,8 @@ def load_classifier(
     compute_dtype: str | None = None,
     overrides: dict | None = None,
     attention: str = "xla",
+    remat: str = "none",
+    scan_layers: bool = False,
     mesh=None,
 ) -> Classifier:
     """Backbone + pooling (the family's default unless given) + zero-initialised head."""
@@ -70,9 +79,12 @@ def load_classifier(
         compute_dtype=compute_dtype,
         overrides=overrides,
         attention=attention,
+        remat=remat,
+        scan_layers=scan_layers,
         mesh=mesh,
     )
     classifier = Classifier(backbone, num_labels, pooling or family.pooling)
     # the family's rules, seen from the classifier's root; the head stays replicated
-    classifier.sharding_rules = tuple((f"backbone/{pat}", axes) for pat, axes in family.sharding)
+    rules = family_rules(family, scan_layers)
+    classifier.sharding_rules = tuple((f"backbone/{pat}", axes) for pat, axes in rules)
     return classifier

@@ -18,13 +18,16 @@ def attend(
     *,
     causal: bool,
     implementation: str = "xla",
-    scale: float | None = None,
+    scale: float | jax.Array | None = None,
 ) -> jax.Array:
     """q [B,T,N,H], k/v [B,S,K,H] (N a multiple of K: grouped-query), lengths [B] -> [B,T,N,H].
 
-    Logits and softmax run in float32 whatever the compute dtype.
+    Logits and softmax run in float32 whatever the compute dtype. ``scale`` may be traced
+    (a per-layer scale inside scanned layers).
     """
     if implementation == "cudnn":
+        if scale is not None and not isinstance(scale, int | float):  # cuDNN takes a static one
+            q, scale = q * jnp.asarray(scale, q.dtype), 1.0
         return jax.nn.dot_product_attention(
             q,
             k,

@@ -18,6 +18,7 @@ from flax import nnx
 from w2s.models.hub import CheckpointError, iter_tensors, read_config, resolve, safetensors_files
 from w2s.models.registry import Family, family_for
 from w2s.models.sharding import named_sharding, path_str
+from w2s.models.stack import stacked_rules, unstacked_path
 
 log = logging.getLogger("w2s.models")
 
@@ -38,61 +39,110 @@ def build_config(name_or_path: str, overrides: dict | None = None):
     return ckpt, family, cfg
 
 
-def abstract_module(family: Family, cfg, *, dtype, param_dtype, attention: str = "xla"):
+def abstract_module(
+    family: Family,
+    cfg,
+    *,
+    dtype,
+    param_dtype,
+    attention: str = "xla",
+    remat: str = "none",
+    scan_layers: bool = False,
+):
     return nnx.eval_shape(
         lambda: family.module(
-            cfg, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=nnx.Rngs(0)
+            cfg,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            attention=attention,
+            remat=remat,
+            scan_layers=scan_layers,
+            rngs=nnx.Rngs(0),
         )
     )
 
 
-def load_weights(module, family: Family, cfg, ckpt: Path, *, mesh=None) -> nnx.Module:
-    """Fill an abstract module from the checkpoint's safetensors files."""
+def family_rules(family: Family, scan_layers: bool):
+    """The family's sharding rules for its unrolled or scanned parameter layout."""
+    return stacked_rules(family.sharding) if scan_layers else family.sharding
+
+
+def _targets(key_map, flat) -> dict[str, tuple[tuple, int | None]]:
+    """HF key -> (parameter path, layer slot): the slot is set when the layers are scanned,
+    where layer ``i``'s tensor fills index ``i`` of a stacked parameter."""
+    out = {}
+    for hf_key, (path, _) in key_map.items():
+        out[hf_key] = (path, None) if path in flat else unstacked_path(path)
+    return out
+
+
+def load_weights(module, family: Family, cfg, ckpt: Path, *, mesh=None, rules=None) -> nnx.Module:
+    """Fill an abstract module from the checkpoint's safetensors files.
+
+    ``rules``: sharding rules matching the module's layout (default: the family's, unrolled).
+    """
+    rules = family.sharding if rules is None else rules
     graphdef, state = nnx.split(module)
     flat = dict(nnx.to_flat_state(state))
     key_map = family.key_map(cfg)
-    by_path = {tuple(path): (hf_key, fn) for hf_key, (path, fn) in key_map.items()}
-    unmapped = sorted(path_str(p) for p in flat if p not in by_path)
+    targets = _targets(key_map, flat)
+    unmapped = sorted(path_str(p) for p in set(flat) - {path for path, _ in targets.values()})
     if unmapped:  # a bug in the family's key map, not in the checkpoint
         raise RuntimeError(f"{family.name}: parameters with no checkpoint key: {unmapped}")
 
+    def place(path, array):
+        if mesh is not None:
+            return jax.device_put(array, named_sharding(path, array.shape, rules, mesh))
+        # device_put, unlike jnp.asarray, adopts an aligned host buffer on CPU (no copy)
+        return jax.device_put(array)
+
     files = safetensors_files(ckpt)
     filled: dict[tuple, jax.Array] = {}
+    staged: dict[tuple, tuple[np.ndarray, set[int]]] = {}  # stacked parameters being filled
     unused: list[str] = []
-    t0 = time.perf_counter()
+    n_read, t0 = 0, time.perf_counter()
     for raw_key, array in iter_tensors(files):
         key = strip_prefix(raw_key, family.prefixes)
         if key not in key_map:
             unused.append(raw_key)
             continue
-        path, fn = key_map[key]
+        n_read += 1
+        fn = key_map[key][1]
+        path, slot = targets[key]
         if fn is not None:
             array = fn(array)
         want = flat[path].get_value()
-        if tuple(array.shape) != tuple(want.shape):
+        want_shape = tuple(want.shape) if slot is None else tuple(want.shape[1:])
+        if tuple(array.shape) != want_shape:
             raise CheckpointError(
                 f"{ckpt}: tensor '{raw_key}' has shape {tuple(array.shape)}, "
-                f"the model expects {tuple(want.shape)} for {path_str(path)}"
+                f"the model expects {want_shape} for {path_str(key_map[key][0])}"
             )
-        array = np.asarray(array, dtype=want.dtype)
-        if mesh is not None:
-            filled[path] = jax.device_put(
-                array, named_sharding(path, array.shape, family.sharding, mesh)
-            )
-        else:  # device_put, unlike jnp.asarray, adopts an aligned host buffer on CPU (no copy)
-            filled[path] = jax.device_put(array)
+        if slot is None:
+            filled[path] = place(path, np.asarray(array, dtype=want.dtype))
+        else:
+            host, slots = staged.setdefault(path, (np.empty(want.shape, want.dtype), set()))
+            host[slot] = array
+            slots.add(slot)
+            if len(slots) == want.shape[0]:  # every layer read: place the stacked array
+                filled[path] = place(path, host)
+                del staged[path]
         del array
     first_key: dict[tuple, str] = {}  # one name per parameter when a family lists aliases
-    for hf_key, (path, _) in key_map.items():
-        first_key.setdefault(path, hf_key)
-    missing = sorted(k for path, k in first_key.items() if path not in filled)
+    for hf_key, target in targets.items():
+        first_key.setdefault(target, hf_key)
+    missing = sorted(
+        k
+        for (path, slot), k in first_key.items()
+        if path not in filled and (slot is None or slot not in staged.get(path, ((), set()))[1])
+    )
     if missing:
         raise CheckpointError(f"{ckpt}: checkpoint lacks {len(missing)} tensors: {missing}")
     if unused:
         log.info(
             "%s: %d checkpoint tensors not used by the backbone: %s", ckpt.name, len(unused), unused
         )
-    log.info("%s: loaded %d tensors in %.1fs", ckpt.name, len(filled), time.perf_counter() - t0)
+    log.info("%s: loaded %d tensors in %.1fs", ckpt.name, n_read, time.perf_counter() - t0)
     for path, var in flat.items():
         flat[path] = var.replace(filled[path])
     return nnx.merge(graphdef, nnx.from_flat_state(flat))

@@ -16,6 +16,7 @@ from flax import nnx
 
 from w2s.models.attention import attend
 from w2s.models.layers import ACTIVATIONS, Dense, LayerNorm
+from w2s.models.stack import check_remat, make_layers, run_layers
 
 
 @dataclass(frozen=True)
@@ -153,15 +154,19 @@ class Model(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         attention: str = "xla",
+        remat: str = "none",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         self.config = cfg
+        self.remat, self.scan_layers = check_remat(remat), scan_layers
         self.embeddings = Embeddings(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.layers = nnx.List(
-            [
-                Layer(cfg, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs)
-                for _ in range(cfg.num_layers)
-            ]
+        self.layers = make_layers(
+            lambda: Layer(
+                cfg, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs
+            ),
+            cfg.num_layers,
+            scan=scan_layers,
         )
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -172,6 +177,4 @@ class Model(nnx.Module):
             )
         lengths = attention_mask.sum(-1)
         x = self.embeddings(input_ids)
-        for layer in self.layers:
-            x = layer(x, lengths)
-        return x
+        return run_layers(self.layers, x, lengths, scan=self.scan_layers, remat=self.remat)

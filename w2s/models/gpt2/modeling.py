@@ -18,6 +18,7 @@ from flax import nnx
 
 from w2s.models.attention import attend
 from w2s.models.layers import ACTIVATIONS, Dense, LayerNorm, dense_einsum
+from w2s.models.stack import check_remat, make_layers, run_layers
 
 
 def _pick(d: dict, *names: str, default=None):
@@ -77,7 +78,7 @@ class Config:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: Config, layer_idx: int, *, dtype, param_dtype, attention: str, rngs):
+    def __init__(self, cfg: Config, *, dtype, param_dtype, attention: str, rngs):
         h = cfg.hidden_size
         self.c_attn = nnx.Einsum(
             "bsh,hkd->bskd", (h, 3, h), (3, h), dtype=dtype, param_dtype=param_dtype, rngs=rngs
@@ -85,19 +86,19 @@ class Attention(nnx.Module):
         self.c_proj = Dense(h, h, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
-        scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn_weights else 1.0
-        if cfg.scale_attn_by_inverse_layer_idx:
-            scale /= layer_idx + 1
-        self.scale = scale
+        self.scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn_weights else 1.0
+        self.inverse_layer_idx = cfg.scale_attn_by_inverse_layer_idx
         self.attention = attention
         self.dtype = dtype
 
-    def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, lengths: jax.Array, layer) -> jax.Array:
+        """``layer``: this block's index (an int, or traced when the layers are scanned)."""
         b, s, _ = x.shape
         qkv = dense_einsum(x, self.c_attn.kernel[...], self.c_attn.bias[...], self.dtype)
         qkv = qkv.reshape(b, s, 3, self.num_heads, self.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = attend(q, k, v, lengths, causal=True, implementation=self.attention, scale=self.scale)
+        scale = self.scale / (layer + 1) if self.inverse_layer_idx else self.scale
+        out = attend(q, k, v, lengths, causal=True, implementation=self.attention, scale=scale)
         return self.c_proj(out.reshape(b, s, -1))
 
 
@@ -115,17 +116,17 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     """Pre-LN: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
-    def __init__(self, cfg: Config, layer_idx: int, *, dtype, param_dtype, attention: str, rngs):
+    def __init__(self, cfg: Config, *, dtype, param_dtype, attention: str, rngs):
         norm = partial(LayerNorm, cfg.hidden_size, cfg.eps, dtype=dtype, param_dtype=param_dtype)
         self.ln_1 = norm()
         self.attn = Attention(
-            cfg, layer_idx, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs
+            cfg, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs
         )
         self.ln_2 = norm()
         self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
-        x = x + self.attn(self.ln_1(x), lengths)
+    def __call__(self, x: jax.Array, lengths: jax.Array, layer) -> jax.Array:
+        x = x + self.attn(self.ln_1(x), lengths, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -142,17 +143,21 @@ class Model(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         attention: str = "xla",
+        remat: str = "none",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         self.config = cfg
+        self.remat, self.scan_layers = check_remat(remat), scan_layers
         embed = partial(nnx.Embed, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.wte = embed(cfg.vocab_size, cfg.hidden_size)
         self.wpe = embed(cfg.max_positions, cfg.hidden_size)
-        self.h = nnx.List(
-            [
-                Block(cfg, i, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs)
-                for i in range(cfg.num_layers)
-            ]
+        self.h = make_layers(
+            lambda: Block(
+                cfg, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs
+            ),
+            cfg.num_layers,
+            scan=scan_layers,
         )
         self.ln_f = LayerNorm(cfg.hidden_size, cfg.eps, dtype=dtype, param_dtype=param_dtype)
 
@@ -165,6 +170,5 @@ class Model(nnx.Module):
         lengths = attention_mask.sum(-1)
         positions = jnp.arange(input_ids.shape[1])
         x = self.wte(input_ids) + self.wpe(positions)[None]
-        for block in self.h:
-            x = block(x, lengths)
+        x = run_layers(self.h, x, lengths, scan=self.scan_layers, remat=self.remat, index=True)
         return self.ln_f(x)

@@ -19,6 +19,7 @@ from flax import nnx
 
 from w2s.models.attention import attend
 from w2s.models.layers import Dense, RMSNorm
+from w2s.models.stack import check_remat, make_layers, run_layers
 
 _INIT = nnx.initializers.normal(0.02)  # only for modules built without a checkpoint
 
@@ -203,9 +204,12 @@ class Model(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         attention: str = "xla",
+        remat: str = "none",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         self.config = cfg
+        self.remat, self.scan_layers = check_remat(remat), scan_layers
         self.embed_tokens = nnx.Embed(
             cfg.vocab_size,
             cfg.hidden_size,
@@ -214,13 +218,12 @@ class Model(nnx.Module):
             embedding_init=_INIT,
             rngs=rngs,
         )
-        self.layers = nnx.List(
-            [
-                DecoderLayer(
-                    cfg, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs
-                )
-                for _ in range(cfg.num_hidden_layers)
-            ]
+        self.layers = make_layers(
+            lambda: DecoderLayer(
+                cfg, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs
+            ),
+            cfg.num_hidden_layers,
+            scan=scan_layers,
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
 
@@ -241,6 +244,5 @@ class Model(nnx.Module):
         lengths = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
         cos, sin = rope_tables(s, cfg.head_dim, cfg.rope_theta)
         x = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin, lengths)
+        x = run_layers(self.layers, x, cos, sin, lengths, scan=self.scan_layers, remat=self.remat)
         return self.norm(x)

@@ -26,7 +26,8 @@ SHARDING: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (rf"{_LAYER}/mlp/(gate|up)_proj/bias", ("tp",)),
     (rf"{_LAYER}/mlp/down_proj/kernel", ("tp", "fsdp")),
     (rf"{_LAYER}/(self_attn/o_proj|mlp/down_proj)/bias", (None,)),
-    (r"(.+/)?(input_layernorm|post_attention_layernorm|norm)/scale", (None,)),
+    (rf"{_LAYER}/(input_layernorm|post_attention_layernorm)/scale", (None,)),
+    (r"norm/scale", (None,)),
 )
 
 
