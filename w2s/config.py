@@ -93,7 +93,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 disables checkpoints
     buckets: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
     vmap_seeds: int = 1  # train this many seeds of one model in one compiled program
-    remat: str = "none"  # none | full | dots
+    remat: str = "none"  # none | full | dots: what each layer keeps for the backward pass
+    scan_layers: bool = False  # stack the layers and lax.scan them: compile time flat in depth
     attention: str = "xla"  # xla | cudnn
     progress: bool = True
 

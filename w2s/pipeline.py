@@ -27,6 +27,7 @@ from w2s.distributed import agree, barrier, is_lead
 from w2s.metrics import accuracy, auroc
 from w2s.models import load_classifier
 from w2s.models.hub import resolve
+from w2s.models.stack import check_remat
 from w2s.store import RunStore, run_id
 from w2s.train.batches import fit_buckets
 from w2s.train.loop import View, predict, restore_params, save_params, train_group
@@ -114,6 +115,7 @@ class Experiment:
         self.weaks: list[ModelConfig] = [cfg.weak, *cfg.extra_weak]
         self.strong: ModelConfig = cfg.strong
         self._check_sizes()
+        check_remat(cfg.train.remat)
         if cfg.train.vmap_seeds > 1 and cfg.task.split_seed is None:
             raise ValueError(
                 "train.vmap_seeds > 1 trains seeds side by side on the same rows: set "
@@ -175,6 +177,8 @@ class Experiment:
                 compute_dtype=m.compute_dtype,
                 overrides=dict(m.overrides),
                 attention=self.cfg.train.attention,
+                remat=self.cfg.train.remat,
+                scan_layers=self.cfg.train.scan_layers,
                 mesh=self.mesh,
             )
             n = sum(x.size for x in jax.tree.leaves(nnx.state(model.backbone, nnx.Param)))

@@ -189,3 +189,8 @@ def print_plan(cfg) -> None:
     mesh = {k: max(int(cfg.mesh[k]), 1) for k in ("data", "fsdp", "tp")}
     p = plan(cfg.strong, cfg.train, mesh, int(cfg.task.max_length))
     print(format_plan(cfg.strong.name, p, mesh, 80.0))
+    if cfg.train.remat != "none" and not cfg.train.scan_layers:
+        print(
+            "  note: the activations assume each layer is recomputed in turn; XLA keeps that "
+            "order inside a scan, so set train.scan_layers=true with train.remat"
+        )

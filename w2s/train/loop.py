@@ -228,7 +228,6 @@ def train_group(
             tx,
             loss_fn,
             teacher=(t_graphdef, temperature) if teachers else None,
-            remat=cfg.remat,
         )
         if k > 1:
             step = jax.vmap(step, in_axes=(0, 0, 0, None) + ((0,) if teachers else ()))
@@ -339,7 +338,6 @@ def _train_key(cfg: TrainConfig) -> tuple:
         cfg.schedule,
         cfg.clip_norm,
         cfg.grad_accum,
-        cfg.remat,
     )
 
 

@@ -85,26 +85,17 @@ def make_train_step(
     loss_fn: LossFn,
     *,
     teacher: tuple[nnx.GraphDef, float] | None = None,
-    remat: str = "none",
 ):
     """step(params, opt_state, batch, step_frac[, teacher_params]) -> (params, opt_state, stats).
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``targets`` [B,C], ``weight`` [B] and
     ``labels`` [B] (for the progress accuracy only). With ``teacher=(graphdef, T)`` the
-    targets are the teacher's tempered probabilities on ``teacher_input_ids``.
+    targets are the teacher's tempered probabilities on ``teacher_input_ids``. Remat and
+    scanned layers are settings of the model itself (``w2s.models.stack``), applied per layer.
     """
 
     def loss_of(params, batch, step_frac, teacher_params):
         return batch_loss(graphdef, params, batch, step_frac, loss_fn, teacher, teacher_params)
-
-    if remat == "full":
-        loss_of = jax.checkpoint(loss_of)
-    elif remat == "dots":
-        loss_of = jax.checkpoint(
-            loss_of, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-        )
-    elif remat != "none":
-        raise ValueError(f"train.remat '{remat}' unknown; use none, full or dots")
 
     def step(params, opt_state, batch, step_frac, teacher_params=None):
         (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(
