@@ -114,6 +114,8 @@ class Spec:
     torch_compile: bool = False
     trainers: tuple[str, ...] = TRAINERS
     attention: str = "auto"  # xla | cudnn | auto: cudnn for bf16 on a GPU, else xla
+    remat: str = "none"  # per-layer remat of the w2s model: none | full | dots
+    scan_layers: bool = False  # the w2s model's layers stacked and scanned
     seed: int = 0
 
 
@@ -194,6 +196,8 @@ def build_jax(spec: Spec, data: dict[str, np.ndarray]) -> Trainer:
         dtype=jnp.dtype(spec.dtype),
         param_dtype=jnp.float32,
         attention=attention,
+        remat=spec.remat,
+        scan_layers=spec.scan_layers,
         rngs=nnx.Rngs(spec.seed),
     )
     model = Classifier(backbone, NUM_LABELS, family.pooling)
@@ -222,6 +226,8 @@ def build_jax(spec: Spec, data: dict[str, np.ndarray]) -> Trainer:
         "non_embedding_params": int(non_embedding),
         "pooling": family.pooling,
         "attention": attention,
+        "remat": spec.remat,
+        "scan_layers": spec.scan_layers,
     }
     return Trainer(step, info)
 
@@ -547,7 +553,11 @@ def format_result(res: dict) -> str:
         f"w2s.runtime {v.get('w2s_cpu_runtime', '?')} (W2S_CPU_RUNTIME=default to compare)"
     )
     if "jax" in res["info"]:
-        lines.append(f"jax compile + first step {res['info']['jax']['compile_s']:.1f}s")
+        j = res["info"]["jax"]
+        lines.append(
+            f"jax compile + first step {j['compile_s']:.1f}s; attention {j['attention']}, "
+            f"remat {j.get('remat', 'none')}, scan_layers {j.get('scan_layers', False)}"
+        )
     return "\n".join(lines)
 
 
@@ -563,6 +573,7 @@ def preset_command(args: argparse.Namespace, name: str, batch: int, out: Path) -
     cmd = [sys.executable, __file__, "--model", name, "--batch", str(batch), "--seq", "512"]
     cmd += ["--dtype", args.dtype, "--steps", str(args.steps), "--repeats", str(args.repeats)]
     cmd += ["--attention", args.attention, "--trainers", args.trainers, "--json", str(out)]
+    cmd += ["--remat", args.remat] + (["--scan-layers"] if args.scan_layers else [])
     if args.peak_tflops:
         cmd += ["--peak-tflops", str(args.peak_tflops)]
     if args.torch_compile:
@@ -606,6 +617,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--trainers", default=",".join(TRAINERS))
     ap.add_argument("--torch-compile", action="store_true")
     ap.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
+    ap.add_argument("--remat", default="none", choices=["none", "full", "dots"])
+    ap.add_argument("--scan-layers", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument(
         "--all-gpu",
@@ -652,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
         min_len_frac=args.min_len_frac,
         torch_compile=args.torch_compile,
         attention=args.attention,
+        remat=args.remat,
+        scan_layers=args.scan_layers,
         trainers=tuple(args.trainers.split(",")),
     )
     res = run_benchmark(spec, args.peak_tflops)
