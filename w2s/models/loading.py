@@ -99,6 +99,7 @@ def load_weights(module, family: Family, cfg, ckpt: Path, *, mesh=None, rules=No
     files = safetensors_files(ckpt)
     filled: dict[tuple, jax.Array] = {}
     staged: dict[tuple, tuple[np.ndarray, set[int]]] = {}  # stacked parameters being filled
+    read: set[tuple] = set()  # (path, slot) targets that a tensor has filled
     unused: list[str] = []
     n_read, t0 = 0, time.perf_counter()
     for raw_key, array in iter_tensors(files):
@@ -113,6 +114,7 @@ def load_weights(module, family: Family, cfg, ckpt: Path, *, mesh=None, rules=No
             array = fn(array)
         want = flat[path].get_value()
         want_shape = tuple(want.shape) if slot is None else tuple(want.shape[1:])
+        read.add((path, slot))
         if tuple(array.shape) != want_shape:
             raise CheckpointError(
                 f"{ckpt}: tensor '{raw_key}' has shape {tuple(array.shape)}, "
@@ -131,11 +133,7 @@ def load_weights(module, family: Family, cfg, ckpt: Path, *, mesh=None, rules=No
     first_key: dict[tuple, str] = {}  # one name per parameter when a family lists aliases
     for hf_key, target in targets.items():
         first_key.setdefault(target, hf_key)
-    missing = sorted(
-        k
-        for (path, slot), k in first_key.items()
-        if path not in filled and (slot is None or slot not in staged.get(path, ((), set()))[1])
-    )
+    missing = sorted(k for target, k in first_key.items() if target not in read)
     if missing:
         raise CheckpointError(f"{ckpt}: checkpoint lacks {len(missing)} tensors: {missing}")
     if unused:

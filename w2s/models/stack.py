@@ -66,14 +66,16 @@ def run_layers(layers, x: jax.Array, *args, scan: bool, remat: str, index: bool 
     with ``index``, ``i`` a Python int unrolled and a traced int32 scanned)."""
     policy = REMAT_POLICIES[check_remat(remat)]
 
-    def call(graphdef, state, x, i):
-        block = nnx.merge(graphdef, state)
+    def apply(block, x, i):
         return block(x, *args, i) if index else block(x, *args)
+
+    def call(graphdef, state, x, i):
+        return apply(nnx.merge(graphdef, state), x, i)
 
     if not scan:
         for i, block in enumerate(layers):
             if policy is None:
-                x = block(x, *args, i) if index else block(x, *args)
+                x = apply(block, x, i)
             else:
                 graphdef, state = nnx.split(block)
                 fn = jax.checkpoint(lambda s, x, g=graphdef, i=i: call(g, s, x, i), policy=policy)
