@@ -50,6 +50,7 @@ class TaskConfig:
     max_length: int = 128  # tokens
     overlong: str = "truncate"  # truncate | drop
     split_seed: int | None = None  # None: the run's seed also draws the splits
+    dedup: bool = True  # keep one copy of identical texts; counted in the task's dropped
 
 
 @dataclass
@@ -89,8 +90,11 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1
     eval_batch_size: int = 128
-    eval_every: int = 0  # steps; 0 evaluates only at the end
+    eval_every: int = 0  # steps between val evaluations (0: none); w2s runs score val against
+    # the supervisor's labels, weak and ceiling runs against ground truth
+    select: str = "last"  # last | best: keep the final parameters or the best by that val score
     checkpoint_every: int = 0  # steps; 0 disables checkpoints
+    keep_checkpoints: bool = False  # keep a finished run's checkpoints (else removed when done)
     buckets: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
     vmap_seeds: int = 1  # train this many seeds of one model in one compiled program
     remat: str = "none"  # none | full | dots: what each layer keeps for the backward pass

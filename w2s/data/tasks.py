@@ -6,6 +6,7 @@ tokenization and training never need to know where the examples came from.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,13 @@ from w2s.config import TaskConfig
 #: Seed of the coin flips that turn multiple-choice data into binary examples. Fixed (not the
 #: run's seed) so that every run of a task sees the very same texts and labels.
 DATA_SEED = 0
+
+#: ``TaskData.dropped`` reasons of ``task.dedup``: later copies of a text with the same label as
+#: its first copy, and later copies with a different label (the first copy is kept either way).
+DUPLICATE_REASON = "duplicate text"
+CONFLICT_REASON = "duplicate text with a different label"
+
+log = logging.getLogger("w2s.data")
 
 
 class DataError(ValueError):
@@ -56,6 +64,16 @@ class TaskData:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def n_duplicates(self) -> int:
+        """Copies of an earlier text removed by ``task.dedup`` (any label)."""
+        return self.dropped.get(DUPLICATE_REASON, 0) + self.dropped.get(CONFLICT_REASON, 0)
+
+    @property
+    def n_label_conflicts(self) -> int:
+        """The part of ``n_duplicates`` whose label differed from the kept first copy's."""
+        return self.dropped.get(CONFLICT_REASON, 0)
+
     def class_counts(self) -> np.ndarray:
         """Examples per label, length ``num_labels``."""
         return np.bincount(self.labels, minlength=self.num_labels)
@@ -85,6 +103,46 @@ class TaskData:
         )
 
 
+def drop_duplicates(data: TaskData) -> TaskData:
+    """Keep the first of identical texts (exact string equality of the model inputs), in the
+    examples' order; the copies dropped are counted in ``dropped`` under ``DUPLICATE_REASON``,
+    or ``CONFLICT_REASON`` when a copy's label differs from the first copy's."""
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    conflicts = 0
+    for i, text in enumerate(data.texts):
+        j = first.setdefault(text, i)
+        if j == i:
+            keep.append(i)
+        elif data.labels[j] != data.labels[i]:
+            conflicts += 1
+    n_dup = len(data) - len(keep)
+    if n_dup == 0:
+        log.info("task %s: no duplicate texts among %d examples", data.name, len(data))
+        return data
+    out = data.subset(np.asarray(keep, dtype=np.int64))
+    for reason, n in ((DUPLICATE_REASON, n_dup - conflicts), (CONFLICT_REASON, conflicts)):
+        if n:
+            out.dropped[reason] = out.dropped.get(reason, 0) + n
+    log.info(
+        "task %s: dropped %d duplicate texts (%d of them with a different label), "
+        "kept the first copy of each: %d of %d examples left (task.dedup)",
+        data.name,
+        n_dup,
+        conflicts,
+        len(out),
+        len(data),
+    )
+    if conflicts:
+        log.warning(
+            "task %s: %d duplicate texts have a different label than their first copy; "
+            "the first copy's label was kept",
+            data.name,
+            conflicts,
+        )
+    return out
+
+
 Loader = Callable[[TaskConfig, Path], TaskData]
 _LOADERS: dict[str, Loader] = {}
 
@@ -106,10 +164,12 @@ def supported_kinds() -> list[str]:
 
 def load_task(cfg: TaskConfig, cache_dir: str | Path) -> TaskData:
     """Load the task ``cfg`` describes; downloads (HF) or cached files (BIG-bench) live in
-    ``cache_dir``."""
+    ``cache_dir``. With ``task.dedup`` only the first copy of identical texts is kept (before
+    any split is drawn, so no text can be in two splits)."""
     loader = _LOADERS.get(cfg.kind)
     if loader is None:
         raise ValueError(
             f"unknown task kind {cfg.kind!r}; supported kinds: {', '.join(supported_kinds())}"
         )
-    return loader(cfg, Path(cache_dir).expanduser())
+    data = loader(cfg, Path(cache_dir).expanduser())
+    return drop_duplicates(data) if cfg.dedup else data
