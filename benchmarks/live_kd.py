@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 
 from w2s.models import load_classifier
-from w2s.train.losses import xent
+from w2s.train.losses import step_loss
 from w2s.train.step import make_train_step
 
 
@@ -49,7 +49,7 @@ def _stepper(teacher_layers: int | None):
                                overrides={"num_hidden_layers": teacher_layers})
         t_graphdef, t_params = nnx.split(weak)
         teacher = (t_graphdef, 1.0)
-    step = jax.jit(make_train_step(graphdef, tx, lambda lo, t, w, f, b: xent(lo, t, w, f),
+    step = jax.jit(make_train_step(graphdef, tx, step_loss(),
                                    teacher=teacher), donate_argnums=(0, 1))
     state = {"params": jax.tree.map(np.array, params)}
     state["opt"] = tx.init(state["params"])

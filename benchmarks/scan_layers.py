@@ -31,7 +31,7 @@ from flax import nnx  # noqa: E402
 from w2s.config import TrainConfig  # noqa: E402
 from w2s.models import Classifier  # noqa: E402
 from w2s.models.gpt2 import Config, Model  # noqa: E402
-from w2s.train.losses import xent  # noqa: E402
+from w2s.train.losses import step_loss  # noqa: E402
 from w2s.train.step import make_train_step, optimizer  # noqa: E402
 
 
@@ -54,8 +54,7 @@ def measure(args, depth: int, scan: bool, remat: str) -> dict:
     graphdef, params = nnx.split(Classifier(backbone, 2, "last"))
     tx = optimizer(TrainConfig(), 1e-5, 1000)
 
-    def loss(logits, targets, weight, step_frac, batch):
-        return xent(logits, targets, weight, step_frac)
+    loss = step_loss()
 
     rng = np.random.default_rng(0)
     b, s = args.batch, args.seq

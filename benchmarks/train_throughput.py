@@ -185,7 +185,7 @@ def build_jax(spec: Spec, data: dict[str, np.ndarray]) -> Trainer:
     from w2s.config import TrainConfig
     from w2s.models import Classifier
     from w2s.models.registry import family_for
-    from w2s.train.losses import xent
+    from w2s.train.losses import step_loss
     from w2s.train.step import make_train_step, optimizer
 
     attention = attention_impl(spec.attention, spec.dtype)
@@ -206,10 +206,7 @@ def build_jax(spec: Spec, data: dict[str, np.ndarray]) -> Trainer:
     non_embedding = sum(v.get_value().size for p, v in flat if not _is_embedding(p))
     tx = optimizer(TrainConfig(), LR, 1000)
 
-    def loss(logits, targets, weight, step_frac, batch):
-        return xent(logits, targets, weight, step_frac)
-
-    step_fn = jax.jit(make_train_step(graphdef, tx, loss), donate_argnums=(0, 1))
+    step_fn = jax.jit(make_train_step(graphdef, tx, step_loss()), donate_argnums=(0, 1))
     keys = ("input_ids", "attention_mask", "targets", "labels", "weight")
     batch = jax.device_put({k: data[k] for k in keys})
     state = {"params": params, "opt": tx.init(params)}

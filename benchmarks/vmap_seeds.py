@@ -19,7 +19,7 @@ from w2s.config import TrainConfig
 from w2s.models import Classifier
 from w2s.models.registry import family_for
 from w2s.train.loop import View, train_group
-from w2s.train.losses import xent
+from w2s.train.losses import step_loss
 
 
 def small_model(seed: int, hidden: int, layers: int, vocab: int) -> Classifier:
@@ -68,7 +68,7 @@ def measure(k: int, n: int, seq: int, batch: int, epochs: int, hidden: int, laye
         labels,
         cfg,
         seeds=list(range(k)),
-        loss_fn=lambda lo, t, w, f, b: xent(lo, t, w, f),
+        loss_fn=step_loss(),
         loss_key=("bench", k),
         lr=1e-3,
         buckets=[seq],

@@ -76,15 +76,6 @@ def test_end_to_end_writes_the_contract(finished):
     assert metrics(w2s[0])["weak_run"] == metrics(weak[0])["run_id"]
 
 
-def test_w2s_trains_on_the_weak_models_soft_labels(finished):
-    weak = pd.read_parquet(runs(finished, "weak")[0] / "predictions.parquet")
-    w2s = pd.read_parquet(runs(finished, "w2s")[0] / "predictions.parquet")
-    wb = weak[weak.split == "b"].set_index("id")
-    sb = w2s[w2s.split == "b"].set_index("id")
-    assert len(sb) == 160
-    np.testing.assert_allclose(np.stack(sb.weak_soft), np.stack(wb.loc[sb.index].probs), atol=1e-7)
-
-
 def test_reuse_weak_labels_and_finished_runs(tiny_env, tmp_path, trainings):
     run(tiny_overrides(tiny_env, tmp_path))
     assert len(trainings) == 3

@@ -99,7 +99,7 @@ from w2s.config import TrainConfig
 from w2s.data import load_tokenizer
 from w2s.models import load_classifier
 from w2s.models.sharding import make_mesh
-from w2s.train.losses import xent
+from w2s.train.losses import step_loss
 from w2s.train.loop import View, train
 
 assert jax.device_count() == 8, jax.devices()
@@ -111,7 +111,7 @@ labels = np.array([r["label"] for r in rows])
 targets = np.eye(2, dtype=np.float32)[labels]
 cfg = OmegaConf.structured(TrainConfig(epochs=2, batch_size=16, buckets=[32], progress=False,
                                        warmup_frac=0.0))
-loss = lambda lo, t, w, f, b: xent(lo, t, w, f)
+loss = step_loss()
 curves, heads = {}, {}
 for name, mesh in (("one", None), ("fsdp", make_mesh(data=2, fsdp=4, tp=1))):
     model = load_classifier(path, 2, pooling="mean", mesh=mesh)

@@ -1,9 +1,11 @@
 """weak -> labels -> ceiling -> w2s for one (task, weak, strong, loss) and several seeds.
 
-Each run is content-addressed in the run store: a weak run whose labels several strong runs
-need is trained once, and a finished experiment asked for again trains nothing. The weak
-model's soft labels are read back from its ``predictions.parquet``, so reuse works across
-processes and sweeps exactly as within one.
+The orchestrator only orchestrates: run specs and their ids come from ``w2s.runs``, what a w2s
+run learns from from ``w2s.supervision``, the run's record from ``w2s.record``, the loss from
+``w2s.train.losses.step_loss``. Each run is content-addressed in the run store: a weak run whose
+labels several strong runs need is trained once, and a finished experiment asked for again
+trains nothing. Weak labels are read back from the weak run's ``predictions.parquet``, so reuse
+works across processes and sweeps exactly as within one.
 """
 
 from __future__ import annotations
@@ -11,91 +13,31 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from flax import nnx
 from omegaconf import OmegaConf
 
+from w2s import record, runs, supervision
 from w2s.config import Config, ModelConfig
-from w2s.data import load_task, load_tokenizer, make_splits, tokenize
+from w2s.data import load_task, make_splits
+from w2s.data.views import token_views
 from w2s.distributed import agree, barrier, is_lead
-from w2s.metrics import accuracy, auroc
 from w2s.models import load_classifier
 from w2s.models.hub import resolve
 from w2s.models.stack import check_remat
+from w2s.runs import RunSpec
 from w2s.store import RunStore, run_id
+from w2s.timing import timed
 from w2s.train.batches import fit_buckets
-from w2s.train.loop import View, predict, restore_params, save_params, train_group
-from w2s.train.losses import get_loss
+from w2s.train.loop import SELECTS, View, predict, predict_state, restore_params, train_group
+from w2s.train.losses import step_loss
 
 log = logging.getLogger("w2s")
-
-# Keys that change how a run is shown or stored, never its numbers. A model's or a task's
-# ``name`` is only its label (its path or source is what counts); a loss's name is not cosmetic.
-COSMETIC = {"progress", "checkpoint_every", "eval_every", "eval_batch_size"}
-
-
-def _identity(node, *, labelled: bool = False) -> dict:
-    """The keys of a config node that can change a run's numbers."""
-    d = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
-    drop = COSMETIC | ({"name"} if labelled else set())
-    return {k: v for k, v in d.items() if k not in drop}
-
-
-def _flat(prefix: str, node) -> dict:
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(_flat(f"{prefix}{k}.", v))
-        elif isinstance(v, list):
-            out[f"{prefix}{k}"] = ",".join(map(str, v))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def loss_name(cfg: Config) -> str:
-    loss = cfg.loss
-    if loss.supervision == "live":
-        name = f"kd_{loss.divergence}_T{loss.temperature:g}"
-        if loss.aux != "none" and loss.alpha_max > 0:
-            name += f"+{loss.aux}_{loss.alpha_schedule}{loss.alpha_max:g}"
-        return name
-    name = loss.name
-    if loss.name == "logconf" and loss.warmup == "linear":
-        name = "logconf_linear"
-    if loss.hard_labels:
-        name += "_hard"
-    if cfg.extra_weak:
-        name += f"_ens{1 + len(cfg.extra_weak)}_{cfg.weak_combine}"
-    if cfg.filter_q < 1:
-        name += f"_q{cfg.filter_q:g}"
-    return name
-
-
-@dataclass
-class RunSpec:
-    """What one run trains on and how it is identified."""
-
-    kind: str
-    rid: str
-    header: dict
-    identity: dict
-    model: ModelConfig
-    seed: int
-    train_index: np.ndarray
-    targets: np.ndarray
-    loss_fn: object
-    loss_key: object
-    predict_splits: list[str]
-    weak_soft: np.ndarray | None = None
-    extras: dict = field(default_factory=dict)
-    teacher: tuple | None = None
 
 
 @dataclass
@@ -114,27 +56,39 @@ class Experiment:
         self.cache_dir = Path(str(cfg.cache_dir)).expanduser()
         self.weaks: list[ModelConfig] = [cfg.weak, *cfg.extra_weak]
         self.strong: ModelConfig = cfg.strong
-        self._check_sizes()
-        check_remat(cfg.train.remat)
-        if cfg.train.vmap_seeds > 1 and cfg.task.split_seed is None:
+        self._check()
+        self.mesh = self._mesh()
+        self.buckets = fit_buckets(list(cfg.train.buckets), cfg.task.max_length)
+        self.paths = {m.name: str(resolve(m.path)) for m in [*self.weaks, self.strong]}
+        self.task, self.views = token_views(
+            load_task(cfg.task, self.cache_dir), self.paths, cfg.task.max_length, cfg.task.overlong
+        )
+        self._models: dict[str, Loaded] = {}
+
+    def _check(self) -> None:
+        """Refuse, before any run starts, settings that cannot work together."""
+        t, tr = self.cfg.task, self.cfg.train
+        for split, n in (("task.n_a", t.n_a), ("task.n_b", int(round(t.n_b * self.cfg.filter_q)))):
+            if tr.batch_size > n:
+                raise ValueError(
+                    f"train.batch_size={tr.batch_size} is larger than the {n} training examples "
+                    f"of {split}"
+                )
+        check_remat(tr.remat)
+        if tr.select not in SELECTS:
+            raise ValueError(f"train.select '{tr.select}' unknown; use one of {', '.join(SELECTS)}")
+        if tr.select == "best" and not tr.eval_every:
+            raise ValueError("train.select=best needs train.eval_every > 0 (steps between evals)")
+        if tr.vmap_seeds > 1 and t.split_seed is None:
             raise ValueError(
                 "train.vmap_seeds > 1 trains seeds side by side on the same rows: set "
                 "task.split_seed so that every seed shares its splits"
             )
-        self.mesh = self._mesh()
-        self.task = load_task(cfg.task, self.cache_dir)
-        self.buckets = fit_buckets(list(cfg.train.buckets), cfg.task.max_length)
-        self._models: dict[str, Loaded] = {}
-        self._tokenized = self._tokenize_all()
-
-    def _check_sizes(self) -> None:
-        """Refuse, before any run starts, a batch that cannot be filled from its split."""
-        t, bs = self.cfg.task, self.cfg.train.batch_size
-        for split, n in (("task.n_a", t.n_a), ("task.n_b", int(round(t.n_b * self.cfg.filter_q)))):
-            if bs > n:
-                raise ValueError(
-                    f"train.batch_size={bs} is larger than the {n} training examples of {split}"
-                )
+        if self.cfg.loss.supervision == "live" and self.cfg.extra_weak:
+            raise ValueError(
+                "live supervision uses one weak model; extra_weak needs supervision=labels"
+            )
+        step_loss(self.cfg.loss)  # unknown names fail here, before any training
 
     def _mesh(self):
         """The configured mesh, or None on one device (plain jit, no sharding)."""
@@ -145,32 +99,17 @@ class Experiment:
         m = self.cfg.mesh
         return make_mesh(data=m.data, fsdp=m.fsdp, tp=m.tp)
 
-    # -- data ---------------------------------------------------------------------------
-    def _tokenize_all(self) -> dict[str, View]:
-        """Tokenize once per model; drop an example everywhere if any model drops it."""
-        views, keep = {}, np.ones(len(self.task.texts), bool)
-        for m in {m.name: m for m in [*self.weaks, self.strong]}.values():
-            tok = load_tokenizer(resolve(m.path))
-            t = tokenize(self.task.texts, tok, self.cfg.task.max_length, self.cfg.task.overlong)
-            views[m.name] = View(t.ids, int(tok.pad_token_id))
-            keep &= t.keep
-        if not keep.all():
-            self.task = self.task.subset(
-                keep, reason=f"longer than {self.cfg.task.max_length} tokens"
-            )
-            index = np.flatnonzero(keep)
-            views = {k: v.take(index) for k, v in views.items()}
-        return views
-
     def splits(self, seed: int) -> dict[str, np.ndarray]:
         split_seed = self.cfg.task.split_seed
         return make_splits(self.task, self.cfg.task, seed if split_seed is None else split_seed)
 
-    # -- models -------------------------------------------------------------------------
+    def ids(self, index: np.ndarray) -> list[str]:
+        return [self.task.ids[i] for i in index]
+
     def pretrained(self, m: ModelConfig) -> Loaded:
         if m.name not in self._models:
             model = load_classifier(
-                m.path,
+                self.paths[m.name],
                 self.task.num_labels,
                 pooling=m.pooling,
                 dtype=m.param_dtype,
@@ -182,34 +121,108 @@ class Experiment:
                 mesh=self.mesh,
             )
             n = sum(x.size for x in jax.tree.leaves(nnx.state(model.backbone, nnx.Param)))
-            self._models[m.name] = Loaded(model, self._tokenized[m.name], int(n))
+            self._models[m.name] = Loaded(model, self.views[m.name], int(n))
         return self._models[m.name]
 
-    # -- runs ---------------------------------------------------------------------------
-    def _header(
-        self, kind: str, rid: str, seed: int, weak: str | None, strong: str | None, loss: str
-    ):
-        return {
-            "run_id": rid,
-            "kind": kind,
-            "task": self.cfg.task.name,
-            "weak_model": weak,
-            "strong_model": strong,
-            "loss": loss,
-            "seed": seed,
-        }
+    # -- specs ---------------------------------------------------------------------------
+    def gt_spec(self, kind: str, m: ModelConfig, seed: int, splits) -> RunSpec:
+        """weak (on A) and ceiling (on B): cross-entropy to ground truth; val by ground truth."""
+        rows = runs.rows_hash(self.task.ids, splits)
+        identity = runs.gt_identity(self.cfg, kind, m, seed, rows)
+        rid = run_id(identity)
+        index = splits["a"] if kind == "weak" else splits["b"]
+        eye = np.eye(self.task.num_labels, dtype=np.float32)
+        weak, strong = (m.name, None) if kind == "weak" else (None, m.name)
+        return RunSpec(
+            kind=kind,
+            rid=rid,
+            header=runs.header(kind, rid, self.cfg, seed, weak, strong, "gt"),
+            identity=identity,
+            model=m,
+            seed=seed,
+            train_index=index,
+            targets=eye[self.task.labels[index]],
+            loss_cfg=None,
+            loss_key="gt",
+            predict_splits=["b", "val", "test"] if kind == "weak" else ["val", "test"],
+            val_targets=eye[self.task.labels[splits["val"]]],
+        )
 
-    def _split_identity(self, seed: int) -> dict:
-        return {
-            "task": _identity(self.cfg.task, labelled=True),
-            "split_seed": seed if self.cfg.task.split_seed is None else self.cfg.task.split_seed,
+    def w2s_spec(self, seed: int, splits, weak_runs: list[dict], previous=None, round_=0):
+        """Strong model on B supervised by the weak runs (or, for round_ >= 1, by the previous
+        strong round: strong-to-strong). PGR is always scored against the weak supervision."""
+        cfg = self.cfg
+        ids = {s: self.ids(splits[s]) for s in ("b", "val", "test")}
+        test_labels = self.task.labels[splits["test"]]
+        weak = supervision.read_supervision(
+            self.store, weak_runs, ids, test_labels, cfg.weak_combine
+        )
+        trains_on = weak
+        if previous is not None:
+            trains_on = supervision.read_supervision(
+                self.store, [previous], ids, test_labels, kind="w2s"
+            )
+        soft = trains_on.probs["b"]
+        keep = supervision.confident_rows(soft, cfg.filter_q)
+        live = cfg.loss.supervision == "live" and previous is None
+        targets, val_targets = soft[keep], trains_on.probs["val"]
+        if not live and supervision.uses_temperature(cfg.loss):
+            targets = supervision.temper(targets, cfg.loss.temperature)
+        extras = {}
+        if cfg.loss.aux == "gt":
+            extras["gt_mask"] = supervision.gt_mask(seed, len(keep), cfg.loss.gt_fraction)
+        rows = runs.rows_hash(self.task.ids, splits)
+        weak_ids = [w["run_id"] for w in weak_runs]
+        identity = runs.w2s_identity(
+            cfg, seed, rows, weak_ids, previous["run_id"] if previous else None
+        )
+        rid = run_id(identity)
+        name = runs.loss_name(cfg) + (f"_s2s{round_}" if round_ else "")
+        weak_names = "+".join(x.name for x in self.weaks)
+        extra_record = {
+            "weak_run": weak_ids[0],
+            "weak_runs": weak_ids,
+            "ceiling_run": runs.gt_run_id(cfg, "ceiling", self.strong, seed, rows),
+            "supervisor_accuracy": weak.accuracy,
+            "supervisor_members": weak.members,
         }
+        if previous is not None:
+            extra_record["previous_run"] = previous["run_id"]
+        return RunSpec(
+            kind="w2s",
+            rid=rid,
+            header=runs.header("w2s", rid, cfg, seed, weak_names, self.strong.name, name),
+            identity=identity,
+            model=self.strong,
+            seed=seed,
+            train_index=splits["b"][keep],
+            targets=targets,
+            loss_cfg=cfg.loss,
+            loss_key=("w2s", live, tuple(sorted(runs.identity(cfg.loss).items()))),
+            predict_splits=["b", "val", "test"],
+            val_targets=val_targets,
+            weak_soft={"b": soft, "test": weak.probs["test"]},
+            extras=extras,
+            teacher=self._teacher(weak_runs[0], splits["b"][keep]) if live else None,
+            record=extra_record,
+        )
 
+    def _teacher(self, weak_run: dict, rows: np.ndarray):
+        """The trained weak model, frozen, with its own token view of the training rows."""
+        m = self.weaks[0]
+        teacher = restore_params(
+            nnx.clone(self.pretrained(m).model),
+            self.store.dir("weak", weak_run["run_id"]) / "weights",
+        )
+        return teacher, self.views[m.name].take(rows), float(self.cfg.loss.temperature)
+
+    # -- training and recording ------------------------------------------------------------
     def _fit_group(self, specs: list[RunSpec], splits: dict[int, dict]) -> list[dict]:
         """Train what is not finished yet (side by side where allowed), record, reuse the rest.
 
         With several processes, process 0 claims and decides; every process trains the runs
         it decided on, and all wait for its writes before returning (``w2s.distributed``).
+        ``force=true`` retrains from the pretrained weights: old checkpoints are removed first.
         """
         lead = is_lead()
         claim = self.store.claim(*((s.kind, s.rid) for s in specs)) if lead else nullcontext()
@@ -233,6 +246,8 @@ class Experiment:
                 }
                 d = self.store.dir(spec.kind, spec.rid)
                 if lead:
+                    if self.cfg.force:
+                        self.store.clear_weights(spec.kind, spec.rid)
                     self.store.start(spec.kind, spec.rid, config, spec.header)
                 todo.append((i, spec, d))
             barrier("w2s-runs-started")  # run dirs exist for every process's checkpoints
@@ -266,6 +281,23 @@ class Experiment:
                 groups.append([item])
         return groups
 
+    def _evaluator(self, specs: list[RunSpec], val_index: np.ndarray, view: View):
+        """Model selection on val: each seed's agreement with what its run may see there."""
+        if not self.cfg.train.eval_every:
+            return None
+        val_view = view.take(val_index)
+        wanted = [s.val_targets.argmax(-1) for s in specs]
+
+        def evaluate(graphdef, states):
+            return [
+                float(np.mean(predict_state(
+                    graphdef, st, val_view, self.cfg.train.eval_batch_size, self.buckets
+                ).argmax(-1) == y))
+                for st, y in zip(states, wanted, strict=True)
+            ]
+
+        return evaluate
+
     def _train(self, group: list) -> list[tuple[nnx.Module, object]]:
         specs = [spec for _, spec, _ in group]
         first, d = specs[0], group[0][2]
@@ -275,6 +307,7 @@ class Experiment:
         if first.teacher is not None:
             teachers = ([s.teacher[0] for s in specs], first.teacher[1], first.teacher[2])
         checkpoints = self.cfg.train.checkpoint_every and len(specs) == 1
+        val_index = self.splits(first.seed)["val"]
         results = train_group(
             models,
             loaded.view.take(first.train_index),
@@ -282,191 +315,58 @@ class Experiment:
             self.task.labels[first.train_index],
             self.cfg.train,
             seeds=[s.seed for s in specs],
-            loss_fn=first.loss_fn,
+            loss_fn=step_loss(first.loss_cfg),
             loss_key=first.loss_key,
-            lr=first.model.lr or self.cfg.train.lr,
+            lr=self.cfg.train.lr if first.model.lr is None else first.model.lr,
             buckets=self.buckets,
             ckpt_dir=d / "checkpoints" if checkpoints else None,
             teachers=teachers,
             extras=[s.extras for s in specs],
             mesh=self.mesh,
             desc=f"{first.kind} {first.model.name} seed " + ",".join(str(s.seed) for s in specs),
+            evaluate=self._evaluator(specs, val_index, loaded.view),
+            select=self.cfg.train.select,
+            resume=not self.cfg.force,
         )
         return list(zip(models, results, strict=True))
 
     def _record(self, spec: RunSpec, splits, d: Path, model, result, group_size: int) -> dict:
-        """Predict, write predictions then metrics (last), keep a weak model's weights."""
+        """Predict, write predictions then metrics (last); keep only what later runs need."""
         loaded = self.pretrained(spec.model)
-        labels = self.task.labels
-        probs = {
-            split: predict(
-                model, loaded.view.take(splits[split]), self.cfg.train.eval_batch_size, self.buckets
-            )
-            for split in spec.predict_splits
-        }
-        rows = [
-            self._prediction_rows(splits[split], split, p, spec.weak_soft if split == "b" else None)
-            for split, p in probs.items()
-        ]
-        test_labels = labels[splits["test"]]
-        metrics = {
-            **spec.header,
-            "accuracy": accuracy(probs["test"], test_labels),
-            "auroc": auroc(probs["test"], test_labels),
-            "n_test": int(len(test_labels)),
-            "n_train": int(len(spec.train_index)),
-            "num_labels": int(self.task.num_labels),
-            "train_seconds": result.seconds,
-            "compile_seconds": result.compile_seconds,
-            "examples_per_second": result.examples_per_second,
-            "steps": result.steps,
-            "resumed_from": result.resumed_from,
-            "trained_side_by_side": group_size,
-            "loss_history": [[h["step"], round(h["loss"], 6)] for h in result.history],
-            "n_params": loaded.n_params,
-            "config": _flat("", _config_for_table(self.cfg)),
-        }
-        if len(splits["val"]) and "val" in probs:
-            metrics["val_accuracy"] = accuracy(probs["val"], labels[splits["val"]])
+        probs, timing = {}, {}
+        for split in spec.predict_splits:
+            with timed() as timing[split]:
+                probs[split] = predict(
+                    model, loaded.view.take(splits[split]), self.cfg.train.eval_batch_size,
+                    self.buckets,
+                )
+        metrics = record.run_metrics(
+            spec, self.cfg, self.task, splits, probs, result, group_size,
+            n_params=loaded.n_params,
+            backbone_change=record.backbone_change(loaded.model, model),
+            models={m.name: self.paths[m.name] for m in self._models_of(spec)},
+        )
+        t = timing["test"]  # inference cost for cascades: compiling left out
+        metrics["predict_seconds_per_example"] = (t["seconds"] - t["compile"]) / len(splits["test"])
         if spec.kind == "weak":  # the supervisor's weights, for live distillation later
-            save_params(model, d / "weights")  # every process: orbax writes its shards
+            record.save_weights(model, d / "weights")  # every process: orbax writes its shards
         if is_lead():
-            self.store.finish(d, metrics, pd.concat(rows, ignore_index=True))
+            rows = record.prediction_rows(self.task, splits, probs, spec.weak_soft)
+            self.store.finish(d, metrics, rows)
+            if not self.cfg.train.keep_checkpoints:
+                self.store.clear_checkpoints(spec.kind, spec.rid)
         return metrics
 
-    def _prediction_rows(self, idx, split, probs, weak_soft) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "id": [self.task.ids[i] for i in idx],
-                "split": split,
-                "label": self.task.labels[idx].astype(np.int64),
-                "probs": list(probs.astype(np.float32)),
-                "weak_soft": list(weak_soft.astype(np.float32)) if weak_soft is not None else None,
-            }
-        )
+    def _models_of(self, spec: RunSpec) -> list[ModelConfig]:
+        return [spec.model] if spec.kind != "w2s" else [*self.weaks, self.strong]
 
-    def _gt_spec(self, kind: str, m: ModelConfig, seed: int, index: np.ndarray) -> RunSpec:
-        """weak (on A) and ceiling (on B): cross-entropy to ground truth."""
-        identity = {
-            "kind": kind,
-            "data": self._split_identity(seed),
-            "model": _identity(m, labelled=True),
-            "train": _identity(self.cfg.train),
-            "seed": seed,
-        }
-        rid = run_id(identity)
-        weak, strong = (m.name, None) if kind == "weak" else (None, m.name)
-        onehot = np.eye(self.task.num_labels, dtype=np.float32)[self.task.labels[index]]
-        return RunSpec(
-            kind=kind,
-            rid=rid,
-            header=self._header(kind, rid, seed, weak, strong, "gt"),
-            identity=identity,
-            model=m,
-            seed=seed,
-            train_index=index,
-            targets=onehot,
-            loss_fn=_gt_loss(),
-            loss_key="gt",
-            predict_splits=["b", "val", "test"] if kind == "weak" else ["val", "test"],
-        )
-
-    def weak_labels(self, weak_runs: list[dict], splits, kind: str = "weak") -> np.ndarray:
-        """Soft labels on B from stored predictions (weak runs, or the previous s2s round)."""
-        b_ids = [self.task.ids[i] for i in splits["b"]]
-        per_model = []
-        for w in weak_runs:
-            df = self.store.predictions(kind, w["run_id"])
-            df = df[df["split"] == "b"].set_index("id")
-            per_model.append(np.stack(df.loc[b_ids, "probs"].to_numpy()).astype(np.float32))
-        if len(per_model) == 1:
-            return per_model[0]
-        stacked = np.stack(per_model)  # [M, N, C]
-        if self.cfg.weak_combine == "mean":
-            return stacked.mean(0)
-        if self.cfg.weak_combine == "confidence":
-            conf = stacked.max(-1, keepdims=True)
-            return (stacked * conf).sum(0) / conf.sum(0)
-        raise ValueError(f"weak_combine '{self.cfg.weak_combine}' unknown; use mean or confidence")
-
-    def _teacher(self, weak_run: dict, b_keep: np.ndarray):
-        """The trained weak model, frozen, with its own token view of the training rows."""
-        m = self.weaks[0]
-        teacher = restore_params(
-            nnx.clone(self.pretrained(m).model),
-            self.store.dir("weak", weak_run["run_id"]) / "weights",
-        )
-        return teacher, self._tokenized[m.name].take(b_keep), float(self.cfg.loss.temperature)
-
-    def _w2s_spec(
-        self,
-        seed: int,
-        splits,
-        weak_runs: list[dict],
-        previous: dict | None = None,
-        round_: int = 0,
-    ) -> RunSpec:
-        """Strong model on B supervised by the weak runs (or, for round_ >= 1, by the previous
-        strong round: strong-to-strong)."""
-        m, cfg = self.strong, self.cfg
-        if previous is None:
-            soft = self.weak_labels(weak_runs, splits)
-        else:
-            soft = self.weak_labels([previous], splits, kind="w2s")
-        b = splits["b"]
-        keep = np.arange(len(b))
-        if cfg.filter_q < 1:
-            k = max(1, int(round(cfg.filter_q * len(b))))
-            keep = np.sort(np.argsort(-soft.max(-1), kind="stable")[:k])
-        live = cfg.loss.supervision == "live" and previous is None
-        if live and len(weak_runs) > 1:
-            raise ValueError(
-                "live supervision uses one weak model; extra_weak needs supervision=labels"
-            )
-        targets = soft[keep]
-        extras = {}
-        if cfg.loss.aux == "gt":  # a seeded share of B keeps its ground truth (not pure W2S)
-            n_gt = int(round(cfg.loss.gt_fraction * len(keep)))
-            chosen = np.random.default_rng([seed, 17]).permutation(len(keep))[:n_gt]
-            extras["gt_mask"] = np.isin(np.arange(len(keep)), chosen).astype(np.float32)
-        identity = {
-            "kind": "w2s",
-            "data": self._split_identity(seed),
-            "model": _identity(m, labelled=True),
-            "train": _identity(cfg.train),
-            "seed": seed,
-            "loss": _identity(cfg.loss),
-            "weak_runs": [w["run_id"] for w in weak_runs],
-            "weak_combine": cfg.weak_combine,
-            "filter_q": cfg.filter_q,
-            "previous": previous["run_id"] if previous else None,
-        }
-        rid = run_id(identity)
-        name = loss_name(cfg) + (f"_s2s{round_}" if round_ else "")
-        header = self._header("w2s", rid, seed, "+".join(x.name for x in self.weaks), m.name, name)
-        header["weak_run"] = weak_runs[0]["run_id"]
-        if previous is not None:
-            header["previous_run"] = previous["run_id"]
-        spec = RunSpec(
-            kind="w2s",
-            rid=rid,
-            header=header,
-            identity=identity,
-            model=m,
-            seed=seed,
-            train_index=b[keep],
-            targets=targets,
-            loss_fn=_adapt(get_loss(cfg.loss)),
-            loss_key=("w2s", live, tuple(sorted(_identity(cfg.loss).items()))),
-            predict_splits=["b", "val", "test"],
-            weak_soft=soft,
-            extras=extras,
-            teacher=self._teacher(weak_runs[0], b[keep]) if live else None,
-        )
-        return spec
-
+    # -- the experiment --------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
-        """Every seed's weak, ceiling and w2s runs; ``train.vmap_seeds`` seeds at a time."""
+        """Every seed's weak, ceiling and w2s runs; ``train.vmap_seeds`` seeds at a time.
+
+        One row per seed: the test accuracies (``weak`` is the supervision trained on, the
+        combined one with several weak models) and the ids of the runs behind them.
+        """
         k = max(1, self.cfg.train.vmap_seeds)
         seeds = list(self.cfg.seeds)
         rows = []
@@ -477,54 +377,32 @@ class Experiment:
             weak = {s: [] for s in chunk}
             if {"weak", "w2s"} & set(self.cfg.kinds):
                 for m in self.weaks:
-                    specs = [self._gt_spec("weak", m, s, splits[s]["a"]) for s in chunk]
+                    specs = [self.gt_spec("weak", m, s, splits[s]) for s in chunk]
                     for s, run in zip(chunk, self._fit_group(specs, splits), strict=True):
                         weak[s].append(run)
                 for s in chunk:
                     table[s]["weak"] = weak[s][0]["accuracy"]
+                    table[s]["weak_run_id"] = weak[s][0]["run_id"]
             if "ceiling" in self.cfg.kinds:
-                specs = [self._gt_spec("ceiling", self.strong, s, splits[s]["b"]) for s in chunk]
+                specs = [self.gt_spec("ceiling", self.strong, s, splits[s]) for s in chunk]
                 for s, run in zip(chunk, self._fit_group(specs, splits), strict=True):
                     table[s]["ceiling"] = run["accuracy"]
+                    table[s]["ceiling_run_id"] = run["run_id"]
             if "w2s" in self.cfg.kinds:
                 previous = {s: None for s in chunk}
                 for r in range(self.cfg.s2s_rounds + 1):
-                    specs = [self._w2s_spec(s, splits[s], weak[s], previous[s], r) for s in chunk]
+                    specs = [self.w2s_spec(s, splits[s], weak[s], previous[s], r) for s in chunk]
                     for s, run in zip(chunk, self._fit_group(specs, splits), strict=True):
-                        table[s]["w2s" if r == 0 else f"s2s{r}"] = run["accuracy"]
+                        col = "w2s" if r == 0 else f"s2s{r}"
+                        table[s][col] = run["accuracy"]
+                        table[s][f"{col}_run_id"] = run["run_id"]
+                        if r == 0:  # the supervision trained on (combined supervisors)
+                            table[s]["weak"] = run.get("supervisor_accuracy", table[s]["weak"])
                         previous[s] = run
             seconds = (time.perf_counter() - t0) / len(chunk)
             for s in chunk:
                 rows.append({**table[s], "seconds": seconds})
-                log.info("seed %s: %s", s, {key: round(v, 4) for key, v in rows[-1].items()})
+                log.info("seed %s: %s", s, {
+                    key: round(v, 4) for key, v in rows[-1].items() if isinstance(v, float)
+                })
         return pd.DataFrame(rows)
-
-
-def _config_for_table(cfg: Config) -> dict:
-    c = OmegaConf.to_container(cfg, resolve=True)
-    return {k: c[k] for k in ("loss", "train") if k in c} | {
-        "filter_q": c["filter_q"],
-        "weak_combine": c["weak_combine"],
-        "s2s_rounds": c["s2s_rounds"],
-    }
-
-
-def _gt_loss():
-    """Cross-entropy to one-hot ground truth (weak and ceiling runs)."""
-    from w2s.train.losses import xent
-
-    return lambda logits, targets, weight, step_frac, batch: xent(
-        logits, targets, weight, step_frac
-    )
-
-
-def _adapt(loss):
-    """Loss over a batch; the ground-truth auxiliary reads its rows from the batch."""
-
-    def fn(logits, targets, weight, step_frac, batch):
-        if "gt_mask" in batch:
-            gt = jax.nn.one_hot(batch["labels"], logits.shape[-1], dtype=jnp.float32)
-            return loss(logits, targets, weight, step_frac, gt_targets=gt, gt_mask=batch["gt_mask"])
-        return loss(logits, targets, weight, step_frac)
-
-    return fn

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import traceback
 from collections.abc import Iterator
@@ -133,6 +134,16 @@ class RunStore:
                 "traceback": "".join(traceback.format_exception(error))[-4000:],
             },
         )
+
+    def clear_checkpoints(self, kind: str, rid: str) -> None:
+        """Remove a run's training checkpoints (a finished run needs none; Adam state of a 7B
+        model is tens of GB)."""
+        shutil.rmtree(self.dir(kind, rid) / "checkpoints", ignore_errors=True)
+
+    def clear_weights(self, kind: str, rid: str) -> None:
+        """Remove checkpoints and kept weights: a forced rerun starts from the pretrained model."""
+        self.clear_checkpoints(kind, rid)
+        shutil.rmtree(self.dir(kind, rid) / "weights", ignore_errors=True)
 
     def predictions(self, kind: str, rid: str) -> pd.DataFrame:
         return pd.read_parquet(self.dir(kind, rid) / "predictions.parquet")

@@ -50,6 +50,8 @@ class TrainResult:
     examples_per_second: float
     resumed_from: int = 0
     history: list[dict] = field(default_factory=list)
+    eval_curve: list[list] = field(default_factory=list)  # [[step, val metric], ...]
+    selected_step: int = 0  # the step whose parameters the model ends with
 
 
 class StepCache:
@@ -65,6 +67,7 @@ class StepCache:
 
 
 STEPS = StepCache()
+SELECTS = ("last", "best")
 
 
 def _batch_arrays(view: View, teacher_view: View | None, b: Batch, targets, labels, extras) -> dict:
@@ -164,6 +167,9 @@ def train_group(
     extras: list[dict[str, np.ndarray]] | None = None,
     mesh=None,
     desc: str = "train",
+    evaluate=None,
+    select: str = "last",
+    resume: bool = True,
 ) -> list[TrainResult]:
     """Train K models of one architecture, one per seed, on the same rows, in one program.
 
@@ -171,7 +177,14 @@ def train_group(
     seeds share each compiled step (the bucket order of an epoch is the same for every seed;
     only the rows in each batch differ). With a mesh, parameters are placed by the model's
     sharding rules (FSDP/TP) and examples split over the data and fsdp axes.
+
+    ``evaluate(graphdef, [state per seed]) -> [metric per seed]`` (higher is better) runs every
+    ``cfg.eval_every`` steps and after the last; ``select='best'`` ends each seed with the
+    parameters of its best evaluation (the earliest on ties), ``'last'`` with the final ones.
+    ``resume=False`` ignores checkpoints left in ``ckpt_dir`` (a forced rerun starts afresh).
     """
+    if select not in SELECTS:
+        raise ValueError(f"train.select '{select}' unknown; use one of {', '.join(SELECTS)}")
     k = len(models)
     extras = extras or [{} for _ in range(k)]
     graphdef, _ = nnx.split(models[0])
@@ -238,7 +251,7 @@ def train_group(
 
     manager = _checkpointer(ckpt_dir, cfg.checkpoint_every) if ckpt_dir and k == 1 else None
     start = 0
-    if manager is not None and manager.latest_step() is not None:
+    if manager is not None and resume and manager.latest_step() is not None:
         start = int(manager.latest_step())
         restored = _restore(manager, start, params, opt_state)
         params, opt_state = restored["params"], restored["opt_state"]
@@ -249,6 +262,19 @@ def train_group(
     bar = _progress(total, start, desc, cfg.progress)
     shapes_seen: set = set()
     pending = []
+    curves: list[list] = [[] for _ in range(k)]
+    best: list[tuple | None] = [None] * k  # (metric, step, host params) per seed
+
+    eval_s = [0.0]  # evaluation time, left out of the training throughput
+
+    def run_eval(at: int, state) -> None:
+        t_eval = time.perf_counter()
+        states = _unstack(state, k) if k > 1 else [state]
+        for j, metric in enumerate(evaluate(graphdef, states)):
+            curves[j].append([at, float(metric)])
+            if select == "best" and (best[j] is None or metric > best[j][0]):
+                best[j] = (float(metric), at, jax.device_get(states[j]))
+        eval_s[0] += time.perf_counter() - t_eval
 
     def plan():
         """(step, the K seeds' batches) from ``start`` on; the order is fixed by (seed, epoch)."""
@@ -288,9 +314,13 @@ def train_group(
                 pending = []
             if manager is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 _save(manager, step, params, opt_state)
+            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                run_eval(step, params)
     if pending:
         _check_and_report(pending, step, bar, seen, t0, history)
     jax.block_until_ready(params)
+    if evaluate is not None and (not curves[0] or curves[0][-1][0] != step):
+        run_eval(step, params)
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
@@ -301,6 +331,9 @@ def train_group(
     for j, (model, p) in enumerate(
         zip(models, _unstack(params, k) if k > 1 else [params], strict=True)
     ):
+        chosen = step
+        if best[j] is not None:
+            _, chosen, p = best[j]
         nnx.update(model, p)
         results.append(
             TrainResult(
@@ -308,9 +341,11 @@ def train_group(
                 steps=total,
                 seconds=seconds,
                 compile_seconds=compile_s,
-                examples_per_second=seen / max(seconds - compile_s, 1e-9),
+                examples_per_second=seen / max(seconds - compile_s - eval_s[0], 1e-9),
                 resumed_from=start,
                 history=[_seed_record(h, j, k) for h in history],
+                eval_curve=curves[j],
+                selected_step=int(chosen),
             )
         )
     return results
@@ -404,6 +439,11 @@ def _restore(manager, step, params, opt_state):
 def predict(model: nnx.Module, view: View, batch_size: int, buckets: list[int]) -> np.ndarray:
     """Probabilities [N, C] for every example, one compilation per bucket."""
     graphdef, params = nnx.split(model)
+    return predict_state(graphdef, params, view, batch_size, buckets)
+
+
+def predict_state(graphdef, params, view: View, batch_size: int, buckets: list[int]) -> np.ndarray:
+    """:func:`predict` for a model given as (graphdef, state), e.g. mid-training."""
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for b in eval_batches(view.lengths, buckets, batch_size):
         ids, mask = pad_rows(view.ids, b.index, b.length, view.pad_id)

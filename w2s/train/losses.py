@@ -35,6 +35,8 @@ from w2s.train.divergences import divergence as divergence_fn
 from w2s.train.schedules import alpha_at, check_schedule_names, logconf_coef
 
 Loss = Callable[..., jax.Array]
+#: What the train step calls: ``loss(logits, batch, step_frac)``, the batch as the step sees it.
+StepLoss = Callable[[jax.Array, dict, Any], jax.Array]
 AUX_KINDS = ("none", "confidence", "gt")
 SUPERVISIONS = ("labels", "live")
 
@@ -292,3 +294,23 @@ def get_loss(cfg: Any) -> Loss:
     if cfg.hard_labels and supervision == "labels":
         fn = _with_hard_targets(fn)
     return fn
+
+
+def step_loss(cfg: Any | None = None) -> StepLoss:
+    """The one loss contract of the train step: ``loss(logits, batch, step_frac) -> scalar``.
+
+    ``cfg=None`` is the ground-truth loss of weak and ceiling runs (cross-entropy to one-hot
+    ``batch["targets"]``); otherwise :func:`get_loss` of the ``LossConfig``. The batch holds
+    ``targets`` (a live teacher's probabilities are put there by the step), ``weight`` and,
+    for ``aux='gt'``, ``gt_mask`` with ``labels`` as the ground truth of those rows.
+    """
+    fn = xent if cfg is None else get_loss(cfg)
+
+    def loss(logits: jax.Array, batch: dict, step_frac: Any) -> jax.Array:
+        extra = {}
+        if "gt_mask" in batch:
+            extra["gt_targets"] = jax.nn.one_hot(batch["labels"], logits.shape[-1])
+            extra["gt_mask"] = batch["gt_mask"]
+        return fn(logits, batch["targets"], batch["weight"], step_frac, **extra)
+
+    return loss

@@ -18,7 +18,7 @@ from flax import nnx
 
 from w2s.config import TrainConfig
 
-LossFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+LossFn = Callable[[jax.Array, dict, jax.Array], jax.Array]  # w2s.train.losses.step_loss
 
 
 def learning_rate(cfg: TrainConfig, lr: float, total_steps: int) -> optax.Schedule:
@@ -76,7 +76,7 @@ def batch_loss(
         t_logits = jax.lax.stop_gradient(forward(t_graphdef, teacher_params, batch, "teacher_"))
         targets = jax.nn.softmax(t_logits / temperature, axis=-1)
     logits = forward(graphdef, params, batch)
-    return loss_fn(logits, targets, batch["weight"], step_frac, batch), logits
+    return loss_fn(logits, {**batch, "targets": targets}, step_frac), logits
 
 
 def make_train_step(
