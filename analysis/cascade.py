@@ -77,13 +77,14 @@ def normalised_audc(curve: DeferralCurve) -> float:
     return float((a - rand) / (orac - rand)) if orac - rand > 1e-12 else float("nan")
 
 
-def share_for_pgr(
+def cpt(
     curve: DeferralCurve, levels: tuple[float, ...] = PGR_LEVELS, eps: float = 0.0
 ) -> dict[float, float]:
-    """Smallest share of strong calls at which the cascade recovers each level of the gap.
+    """RouteLLM's call-performance threshold CPT(x): the smallest share of strong calls s at which
+    the cascade reaches a(s) ≥ a_weak + x·(a_strong − a_weak), for each level x.
 
-    PGR along the curve is (acc(r) − acc_weak) / (acc_strong − acc_weak); NaN for every level when
-    that gap is ≤ ``eps`` (same policy as for PGR) and for a level never reached.
+    NaN for every level when the gap a_strong − a_weak is ≤ ``eps`` (same policy as for PGR) and
+    for a level never reached.
     """
     gap = curve.acc_strong - curve.acc_weak
     if gap <= eps:
@@ -94,6 +95,45 @@ def share_for_pgr(
         hit = np.flatnonzero(recovered >= lv - 1e-12)
         out[lv] = float(curve.share[hit[0]]) if hit.size else float("nan")
     return out
+
+
+# The earlier name: the share of strong calls at which the cascade recovers a level of the gap
+# is exactly CPT.
+share_for_pgr = cpt
+
+
+def apgr(curve: DeferralCurve, eps: float = 0.0) -> float:
+    """RouteLLM's average performance gap recovered: (∫₀¹ a(s) ds − a_weak)/(a_strong − a_weak).
+
+    The integral is the AUDC (trapezoid rule over the share of strong calls s). Random deferral
+    scores 0.5; above 1 means the cascade beats the strong model over much of the range. NaN when
+    the gap is ≤ ``eps``.
+    """
+    gap = curve.acc_strong - curve.acc_weak
+    if gap <= eps:
+        return float("nan")
+    return float((audc(curve.share, curve.accuracy) - curve.acc_weak) / gap)
+
+
+@dataclass(frozen=True)
+class Monotonicity:
+    """Where a deferral curve goes down as more examples go to the strong model."""
+
+    monotone: bool  # never more than one example below its best at a smaller share
+    nonmonotone_share: float  # share of the n steps more than one example below that best
+    n_drops: int  # steps at which accuracy falls (the deferred example: weak right, strong wrong)
+
+
+def monotonicity(curve: DeferralCurve) -> Monotonicity:
+    """Each step defers one example, so accuracy moves by at most one example; a curve is called
+    non-monotone when it falls more than one example below its best at a smaller share of strong
+    calls (a single unlucky deferral is tolerated)."""
+    n = len(curve.accuracy) - 1
+    correct = np.rint(curve.accuracy * n).astype(np.int64)  # correct answers after m deferrals
+    best = np.maximum.accumulate(correct)
+    below = correct[1:] < best[:-1] - 1
+    n_drops = int(np.sum(np.diff(correct) < 0))
+    return Monotonicity(not below.any(), float(below.mean()) if n else 0.0, n_drops)
 
 
 def cascade_cost(share, c_weak: float, c_strong: float):

@@ -2,7 +2,12 @@
 
 A cascade unit is one weak run and one ceiling run (the strong model trained on ground truth)
 with the same task and seed, taken from the w2s pairings, so only pairs that were run as an
-experiment appear. Per-seed metrics are averaged per (task, weak_model, strong_model).
+experiment appear (for a w2s run with several supervisors, its first weak run, under that run's
+own model name). Per-seed metrics are averaged per (task, weak_model, strong_model).
+
+Costs per example are the measured inference times (``predict_seconds_per_example``) of the weak
+and the ceiling run when every unit has both, else parameter counts; ``--cost-weak`` and
+``--cost-strong`` override either side.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from analysis.calibration import aurc, ece, reliability_bins
 from analysis.cascade import (
     PGR_LEVELS,
     BudgetChoice,
+    apgr,
     apply_threshold,
     audc,
     cascade_cost,
+    cpt,
     deferral_curve,
+    monotonicity,
     normalised_audc,
-    share_for_pgr,
     threshold_for_budget,
 )
 from analysis.predictions import PredictionStore, SplitPredictions, align
@@ -63,11 +70,32 @@ class CascadeResults:
     warnings: list[str] = field(default_factory=list)
 
 
+MEASURED = "seconds per example (measured)"
+PARAMS = "parameters"
+GIVEN = "given (--cost-weak/--cost-strong)"
+
+
+def cost_unit(units_in: pd.DataFrame, cost_weak: float | None, cost_strong: float | None) -> str:
+    """One unit for every pair, so that costs and absolute budgets compare across the table:
+    measured seconds when every pair has both times, else parameter counts."""
+    if cost_weak is not None and cost_strong is not None:
+        return GIVEN
+    times = units_in[["weak_seconds", "ceiling_seconds"]].to_numpy(dtype=float)
+    base = MEASURED if len(times) and np.isfinite(times).all() else PARAMS
+    given = [
+        n for n, c in (("cost_weak", cost_weak), ("cost_strong", cost_strong)) if c is not None
+    ]
+    return base + (f", {given[0]} given" if given else "")
+
+
 def _costs(
-    row: pd.Series, cost_weak: float | None, cost_strong: float | None
+    row: pd.Series, cost_weak: float | None, cost_strong: float | None, unit: str
 ) -> tuple[float, float]:
-    c_weak = cost_weak if cost_weak is not None else row["weak_params"]
-    c_strong = cost_strong if cost_strong is not None else row["strong_params"]
+    measured = unit.startswith(MEASURED)
+    default_weak = row["weak_seconds"] if measured else row["weak_params"]
+    default_strong = row["ceiling_seconds"] if measured else row["strong_params"]
+    c_weak = cost_weak if cost_weak is not None else default_weak
+    c_strong = cost_strong if cost_strong is not None else default_strong
     return float(c_weak), float(c_strong)
 
 
@@ -80,10 +108,17 @@ def _unit_metrics(
     c_strong: float,
     budgets: list[Budget],
     eps: float,
+    seconds: tuple[float, float] = (np.nan, np.nan),
 ) -> tuple[dict, list[dict], dict]:
-    """One cascade unit: curve metrics on test, budget thresholds (val → test), curves on a grid."""
+    """One cascade unit: curve metrics on test, budget thresholds (val → test), curves on a grid.
+
+    ``seconds``: measured (weak, strong) inference seconds per example, reported next to the
+    costs whatever unit the costs use (NaN when not measured).
+    """
     curve = deferral_curve(weak.probs, strong.probs, weak.labels)
-    shares = share_for_pgr(curve, PGR_LEVELS, eps)
+    shares = cpt(curve, PGR_LEVELS, eps)
+    mono = monotonicity(curve)
+    s_weak, s_strong = (float(x) for x in seconds)
     metrics = {
         "n_test": len(weak),
         "acc_weak": curve.acc_weak,
@@ -92,17 +127,25 @@ def _unit_metrics(
         "audc_random": audc(curve.share, curve.random),
         "audc_oracle": audc(curve.share, curve.oracle),
         "audc_norm": normalised_audc(curve),
+        "apgr": apgr(curve, eps),
+        "monotone": mono.monotone,
+        "nonmonotone_share": mono.nonmonotone_share,
+        "n_drops": mono.n_drops,
         "cost_weak": c_weak,
         "cost_strong": c_strong,
+        "seconds_weak": s_weak,
+        "seconds_strong": s_strong,
     }
     for lv, share in shares.items():
-        metrics[f"share_pgr{round(lv * 100)}"] = share
-        metrics[f"cost_pgr{round(lv * 100)}"] = float(cascade_cost(share, c_weak, c_strong))
+        metrics[f"cpt{round(lv * 100)}"] = share
+        metrics[f"cost_cpt{round(lv * 100)}"] = float(cascade_cost(share, c_weak, c_strong))
+        metrics[f"seconds_cpt{round(lv * 100)}"] = float(cascade_cost(share, s_weak, s_strong))
     choices = []
     for b in budgets:
         budget = b.value(c_weak, c_strong)
         if weak_val is None or strong_val is None or not np.isfinite(budget):
-            choices.append({"budget_label": b.label, **asdict(BudgetChoice(budget, *[np.nan] * 3))})
+            skipped = asdict(BudgetChoice(budget, *[np.nan] * 3))
+            choices.append({"budget_label": b.label, **skipped, "test_seconds": np.nan})
             continue
         choice = threshold_for_budget(
             weak_val.confidence, weak_val.correct, strong_val.correct, budget, c_weak, c_strong
@@ -110,7 +153,8 @@ def _unit_metrics(
         choice = apply_threshold(
             choice, weak.confidence, weak.correct, strong.correct, c_weak, c_strong
         )
-        choices.append({"budget_label": b.label, **asdict(choice)})
+        seconds_at = float(cascade_cost(choice.test_share, s_weak, s_strong))
+        choices.append({"budget_label": b.label, **asdict(choice), "test_seconds": seconds_at})
     grid = {
         "cascade": np.interp(CURVE_GRID, curve.share, curve.accuracy),
         "random": np.interp(CURVE_GRID, curve.share, curve.random),
@@ -140,12 +184,20 @@ def run_cascades(
         "ceiling_dir",
         "weak_params",
         "strong_params",
+        "weak_seconds",
+        "ceiling_seconds",
     ]
-    units_in = (
-        pairs.loc[pairs["paired"], cols].drop_duplicates(["weak_run", "ceiling_run"])
-        if not pairs.empty
-        else pd.DataFrame(columns=cols)
-    )
+    if pairs.empty:
+        units_in = pd.DataFrame(columns=cols)
+    else:
+        units_in = pairs.loc[pairs["paired"]].copy()
+        for c in ("weak_seconds", "ceiling_seconds"):
+            if c not in units_in:
+                units_in[c] = np.nan
+        if "weak_run_model" in units_in:  # an ensemble's row names all supervisors
+            units_in["weak_model"] = units_in["weak_run_model"].fillna(units_in["weak_model"])
+        units_in = units_in[cols].drop_duplicates(["weak_run", "ceiling_run"])
+    unit = cost_unit(units_in, cost_weak, cost_strong)
     store.prefetch(list(units_in["weak_dir"]) + list(units_in["ceiling_dir"]))
     unit_rows, budget_rows, curve_rows = [], [], []
     for _, u in units_in.iterrows():
@@ -165,13 +217,14 @@ def run_cascades(
         except ValueError as e:
             warnings.append(f"cascade {u['weak_run']}→{u['ceiling_run']}: {e}")
             continue
-        c_weak, c_strong = _costs(u, cost_weak, cost_strong)
+        c_weak, c_strong = _costs(u, cost_weak, cost_strong, unit)
+        seconds = (u["weak_seconds"], u["ceiling_seconds"])
         metrics, choices, grid = _unit_metrics(
-            weak_test, strong_test, weak_val, strong_val, c_weak, c_strong, budgets, eps
+            weak_test, strong_test, weak_val, strong_val, c_weak, c_strong, budgets, eps, seconds
         )
         ident = {k: u[k] for k in (*UNIT_KEYS, "seed", "weak_run", "ceiling_run")}
-        unit_rows.append({**ident, **metrics})
-        budget_rows += [{**ident, **c} for c in choices]
+        unit_rows.append({**ident, **metrics, "cost_unit": unit})
+        budget_rows += [{**ident, **c, "cost_unit": unit} for c in choices]
         curve_rows.append({**ident, **grid})
     units = pd.DataFrame(unit_rows)
     budget_df = pd.DataFrame(budget_rows)
@@ -187,9 +240,17 @@ def _pair_table(
     if units.empty:
         return pd.DataFrame(columns=[*UNIT_KEYS, "n_seeds"])
     keys = list(UNIT_KEYS)
-    metric_cols = [c for c in units.columns if c not in (*keys, "seed", "weak_run", "ceiling_run")]
-    table = units.groupby(keys, sort=True)[metric_cols].mean().reset_index()
-    table.insert(len(keys), "n_seeds", units.groupby(keys, sort=True).size().to_numpy())
+    skip = (*keys, "seed", "weak_run", "ceiling_run", "monotone", "cost_unit")
+    metric_cols = [c for c in units.columns if c not in skip]
+    grouped = units.groupby(keys, sort=True)
+    table = grouped[metric_cols].mean().reset_index()
+    table.insert(len(keys), "n_seeds", grouped.size().to_numpy())
+    # monotone only if every seed's curve is; n_nonmonotone counts the seeds that are not
+    table["monotone"] = grouped["monotone"].all().to_numpy()
+    table["n_nonmonotone"] = (
+        grouped["monotone"].apply(lambda m: int((~m.astype(bool)).sum())).to_numpy()
+    )
+    table["cost_unit"] = grouped["cost_unit"].first().to_numpy()
     if budgets and not budget_df.empty:
         first = budget_df[budget_df["budget_label"] == budgets[0].label]
         agg = first.groupby(keys, sort=True).agg(
@@ -198,6 +259,7 @@ def _pair_table(
             budget_test_accuracy=("test_accuracy", "mean"),
             budget_test_share=("test_share", "mean"),
             budget_test_cost=("test_cost", "mean"),
+            budget_test_seconds=("test_seconds", "mean"),
         )
         table = table.merge(agg.reset_index(), on=keys, how="left")
         table["budget_label"] = budgets[0].label

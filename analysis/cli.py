@@ -10,16 +10,25 @@ import time
 from pathlib import Path
 
 from analysis.cascade_runs import budgets_from_args, run_cascades
-from analysis.pgr import add_prediction_metrics, aggregate_pgr, pair_runs
+from analysis.pgr import (
+    add_group_columns,
+    add_prediction_metrics,
+    aggregate_pgr,
+    flag_tiny_gaps,
+    pair_runs,
+    varying_config_keys,
+)
 from analysis.predictions import PredictionStore
 from analysis.runs import load_runs, resolve_group_keys
-from analysis.stats import BOOTSTRAP_SEED, N_RESAMPLES
+from analysis.stats import BOOTSTRAP_SEED, GAP_SE_K, N_RESAMPLES
 from analysis.tables import (
+    annotate_main_table,
     burns_table,
     calibration_table,
     cascade_table,
     main_table,
     render_markdown,
+    supervisors_table,
     write_table,
 )
 
@@ -38,7 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="KEY",
-        help="extra config keys to split groups by, e.g. train.lr loss.temperature",
+        help="extra config keys to split groups by, e.g. train.lr loss.temperature (keys that "
+        "vary between runs of one task, model pair and loss split groups anyway)",
+    )
+    p.add_argument(
+        "--ignore-key",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="config keys that must not split groups even when they vary between runs",
     )
     p.add_argument("--cost-weak", type=float, help="cost of one weak call (default: weak params)")
     p.add_argument(
@@ -67,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="PGR is undefined (flagged) when acc_ceiling − acc_weak ≤ this (default: 0)",
     )
     p.add_argument(
+        "--gap-se",
+        type=float,
+        default=GAP_SE_K,
+        metavar="K",
+        help="flag seeds whose acc_ceiling − acc_weak is below K standard errors of the paired "
+        "test difference, and leave their PGR out of the aggregates (default: 2; 0: off)",
+    )
+    p.add_argument(
         "--n-resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples (default: 10000)"
     )
     p.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help="bootstrap seed (default: 0)")
@@ -85,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs, report = load_runs(args.results_dir)
         group_keys = resolve_group_keys(runs, args.group_by)
+        auto_keys = [k for k in varying_config_keys(runs, args.ignore_key) if k not in group_keys]
+        group_keys += auto_keys
     except (FileNotFoundError, KeyError) as e:
         print(f"w2s-analyze: {e}", file=sys.stderr)
         return 2
@@ -93,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     pairs = pair_runs(runs, group_keys, eps=args.gap_eps)
     store = PredictionStore()
     report.warnings += add_prediction_metrics(pairs, store)
+    flag_tiny_gaps(pairs, k=args.gap_se, eps=args.gap_eps)
     summary = aggregate_pgr(
         pairs, group_keys, eps=args.gap_eps, n_resamples=args.n_resamples, seed=args.seed
     )
+    summary = add_group_columns(summary, pairs, group_keys)
     budgets = budgets_from_args(args.budget_share, args.budget)
     cascades = run_cascades(
         pairs,
@@ -111,9 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         f"unreadable predictions {d}: {e}" for d, e in sorted(store.errors().items())
     ]
 
-    main = main_table(summary, group_keys, args.gap_eps, args.n_resamples)
+    main = main_table(summary, group_keys, args.gap_eps, args.n_resamples, args.gap_se)
+    main = annotate_main_table(main, summary, auto_keys)
     tables = [
         main,
+        supervisors_table(summary, group_keys),
         burns_table(pairs),
         cascade_table(cascades.table),
         calibration_table(cascades.calibration),

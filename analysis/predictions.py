@@ -133,6 +133,28 @@ def read_splits(
     return result
 
 
+def read_weak_soft(run_dir: str | Path, split: str = "test") -> SplitPredictions | None:
+    """The supervisor's probabilities a w2s run recorded in its ``weak_soft`` column on one split
+    (with several weak supervisors: their combined labels), or None where they were not
+    recorded on every row of that split. Read on demand: only ensemble runs need it."""
+    try:
+        with pq.ParquetFile(Path(run_dir) / PREDICTIONS_FILE) as f:
+            if "weak_soft" not in f.schema_arrow.names:
+                return None
+            table = f.read(columns=["id", "split", "label", "weak_soft"], use_threads=False)
+    except (OSError, pa.ArrowException):
+        return None
+    table = table.filter(pc.equal(table["split"], split))
+    if table.num_rows == 0 or table["weak_soft"].null_count:
+        return None
+    try:
+        table = table.rename_columns(COLUMNS).cast(SCHEMA)
+    except (pa.ArrowException, ValueError):
+        return None
+    result = _by_file(table, np.zeros(table.num_rows, dtype=np.int64), 1, (split,))[0]
+    return None if isinstance(result, Exception) else result.get(split)
+
+
 def _read_or_error(run_dir: str) -> pa.Table | Exception:
     try:
         return _read_table(run_dir)

@@ -40,6 +40,21 @@ RUN_COLUMNS = (
     "weak_params",
     "strong_params",
     "weak_run",
+    # provenance and supervision fields (absent from runs written before they were recorded)
+    "weak_runs",
+    "ceiling_run",
+    "previous_run",
+    "supervisor_accuracy",
+    "supervisor_members",
+    "code_version",
+    "git_commit",
+    "git_dirty",
+    "models",
+    "backbone_change",
+    "predict_seconds_per_example",
+    "eval_curve",
+    "selected_step",
+    "n_duplicates_dropped",
     "status",
     "run_dir",
 )
@@ -51,7 +66,19 @@ _NUMERIC_OPTIONAL = (
     "n_params",
     "weak_params",
     "strong_params",
+    "supervisor_accuracy",
+    "backbone_change",
+    "predict_seconds_per_example",
+    "selected_step",
+    "n_duplicates_dropped",
 )
+_STRING_OPTIONAL = ("weak_run", "ceiling_run", "previous_run", "code_version", "git_commit")
+# Lists and dicts are kept as canonical JSON text: hashable (pandas can group and deduplicate
+# on them) and readable in the CSV outputs. `json_field` parses them back.
+_JSON_OPTIONAL = ("weak_runs", "supervisor_members", "models", "eval_curve")
+# Fields whose absence marks a run written before provenance was recorded.
+PROVENANCE_FIELDS = ("code_version", "git_commit")
+RECORDED_PARTNER_FIELDS = ("weak_runs", "ceiling_run")
 # Model fields a run of each kind must name.
 _MODEL_FIELDS = {
     "weak": ("weak_model",),
@@ -174,8 +201,13 @@ def _row(meta: dict, run_dir: Path) -> dict:
     row["accuracy"] = float(meta["accuracy"])
     if not isinstance(row["loss"], str) or not row["loss"]:
         row["loss"] = "gt"  # weak and ceiling runs train on ground truth
-    if not isinstance(row["weak_run"], str):
-        row["weak_run"] = None
+    for name in _STRING_OPTIONAL:
+        if not isinstance(row[name], str) or not row[name]:
+            row[name] = None
+    for name in _JSON_OPTIONAL:
+        row[name] = None if row[name] is None else json.dumps(row[name], sort_keys=True)
+    if not isinstance(row["git_dirty"], bool):
+        row["git_dirty"] = None
     row["run_dir"] = str(run_dir)
     config = meta.get("config")
     if isinstance(config, dict):
@@ -222,11 +254,45 @@ def load_runs(results_dir: str | Path) -> tuple[pd.DataFrame, LoadReport]:
         seen[meta["run_id"]] = str(run_dir)
         rows.append(_row(meta, run_dir))
     report.n_loaded = len(rows)
+    report.warnings += _old_run_notes(rows)
     runs = pd.DataFrame(rows)
     if runs.empty:
         runs = pd.DataFrame(columns=list(RUN_COLUMNS))
     config_cols = sorted(c for c in runs.columns if c.startswith("config."))
     return runs[list(RUN_COLUMNS) + config_cols], report
+
+
+def _old_run_notes(rows: list[dict]) -> list[str]:
+    """Say how many runs predate the provenance and partner-id fields: they still load, and the
+    analysis falls back (code "unknown", pairing by task/model/seed, costs from parameters)."""
+    notes = []
+    old = sum(all(r[f] is None for f in PROVENANCE_FIELDS) for r in rows)
+    if old:
+        notes.append(
+            f"{old} of {len(rows)} runs record no code_version/git_commit (written before "
+            "provenance was recorded): their code shows as unknown"
+        )
+    w2s = [r for r in rows if r["kind"] == "w2s"]
+    unrecorded = sum(any(r[f] is None for f in RECORDED_PARTNER_FIELDS) for r in w2s)
+    if unrecorded:
+        notes.append(
+            f"{unrecorded} of {len(w2s)} w2s runs lack weak_runs or ceiling_run: those partners "
+            "are matched by (task, model, seed) instead of by id (see note in pgr_runs.csv)"
+        )
+    no_time = sum(not _is_number(r["predict_seconds_per_example"]) for r in rows)
+    if no_time:
+        notes.append(
+            f"{no_time} of {len(rows)} runs lack predict_seconds_per_example: cascade costs fall "
+            "back to parameter counts unless every cascade pair has measured times"
+        )
+    return notes
+
+
+def json_field(value: object) -> object:
+    """A list/dict field of the runs frame (stored as JSON text) as a Python object, or None."""
+    if isinstance(value, str):
+        return json.loads(value)
+    return None
 
 
 def load_predictions(run_dir: str | Path) -> pd.DataFrame:

@@ -87,8 +87,12 @@ def write_run(
     weak_run: str | None = None,
     config: dict | None = None,
     weak_soft: dict[str, np.ndarray] | None = None,
+    extra: dict | None = None,
 ) -> Path:
-    """Write one finished run (predictions, then metrics, as the pipeline does) and return its dir."""
+    """Write one finished run (predictions, then metrics, as the pipeline does) and return its dir.
+
+    ``extra``: further metrics.json fields (provenance, partner ids, supervisor accuracy, ...),
+    written as given, so tests can build stores with and without them."""
     run_dir = Path(root) / "runs" / kind / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(run_dir, labels, probs, weak_soft)
@@ -113,6 +117,7 @@ def write_run(
         "strong_params": strong_params if kind != "weak" else None,
         "weak_run": weak_run,
         "config": {"train.lr": 1e-4, "train.seed": seed, **(config or {})},
+        **(extra or {}),
     }
     write_metrics(run_dir, meta)
     return run_dir
@@ -129,8 +134,14 @@ def make_results(
     n_val: int = 100,
     n_b: int = 50,
     seed: int = 0,
+    record_ids: bool = False,
 ) -> Path:
-    """A complete results directory: weak, ceiling and w2s runs for every pair with weak < strong."""
+    """A complete results directory: weak, ceiling and w2s runs for every pair with weak < strong.
+
+    ``record_ids`` writes the fields the pipeline records since provenance tracking (code
+    version and commit, checkpoints, backbone change, inference seconds per example, the
+    partners' run ids, the supervisor's accuracy and its test probabilities); without it the
+    store looks like one written before them."""
     weak_models = weak_models or {"gpt2": 124e6}
     strong_models = strong_models or {"gpt2-large": 774e6}
     rng = np.random.default_rng(seed)
@@ -143,6 +154,21 @@ def make_results(
                 "b": rng.integers(0, 2, n_b),
             }
             weak_preds, ceiling_preds = {}, {}
+
+            def recorded(name: str, params: float) -> dict:
+                if not record_ids:
+                    return {}
+                return {
+                    "code_version": "0.1.0",
+                    "git_commit": "0" * 40,
+                    "git_dirty": False,
+                    "models": {name: {"path": name, "checkpoint": f"sha256:{name}"}},
+                    "backbone_change": 0.01,
+                    "predict_seconds_per_example": params * 1e-11,  # 1 ms per 100M parameters
+                    "selected_step": 100,
+                    "n_duplicates_dropped": 0,
+                }
+
             for name, params in weak_models.items():
                 acc = 0.55 + 0.1 * np.log10(params / 1e8)
                 weak_preds[name] = {k: simulate_probs(v, acc, rng) for k, v in labels.items()}
@@ -156,6 +182,7 @@ def make_results(
                     weak_preds[name],
                     weak_model=name,
                     weak_params=params,
+                    extra=recorded(name, params),
                 )
             for name, params in strong_models.items():
                 acc = 0.6 + 0.12 * np.log10(params / 1e8)
@@ -170,6 +197,7 @@ def make_results(
                     ceiling_preds[name],
                     strong_model=name,
                     strong_params=params,
+                    extra=recorded(name, params),
                 )
             for (wname, wparams), (sname, sparams) in (
                 (w, st) for w in weak_models.items() for st in strong_models.items() if st[1] > w[1]
@@ -177,6 +205,19 @@ def make_results(
                 for li, loss in enumerate(losses):
                     # share of examples on which the student copies the weak model
                     mix = 0.3 + 0.5 * li / max(1, len(losses) - 1)
+                    weak_id = f"{task}-weak-{wname}-s{s}"
+                    extra = recorded(sname, sparams)
+                    if record_ids:
+                        acc = float(np.mean(weak_preds[wname]["test"].argmax(1) == labels["test"]))
+                        extra.update(
+                            weak_runs=[weak_id],
+                            ceiling_run=f"{task}-ceiling-{sname}-s{s}",
+                            supervisor_accuracy=acc,
+                            supervisor_members=[
+                                {"model": wname, "run_id": weak_id, "accuracy": acc}
+                            ],
+                        )
+                    soft_splits = ("b", "test") if record_ids else ("b",)
                     probs = {}
                     for k in labels:
                         copy = rng.random(len(labels[k]))[:, None] < mix
@@ -194,7 +235,8 @@ def make_results(
                         loss=loss,
                         weak_params=wparams,
                         strong_params=sparams,
-                        weak_run=f"{task}-weak-{wname}-s{s}",
-                        weak_soft={"b": weak_preds[wname]["b"]},
+                        weak_run=weak_id,
+                        weak_soft={k: weak_preds[wname][k] for k in soft_splits},
+                        extra=extra,
                     )
     return root

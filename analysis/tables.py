@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.pgr import AGGREGATION_NOTE, PAIR_KEYS
+from analysis.stats import CI_LEVEL, FEW_SEEDS, GAP_SE_K, describe_interval
 
 MISSING = "–"
 FLAG = "†"
@@ -49,35 +50,65 @@ def _key_label(key: str) -> str:
     return key.removeprefix("config.")
 
 
-def main_table(summary: pd.DataFrame, group_keys: list[str], eps: float, n_resamples: int) -> Table:
-    """Accuracies, PGR mean [CI], median, AUROC-PGR, agreement, seeds and the gap flag."""
+def interval_caption(summary: pd.DataFrame, level: float = CI_LEVEL) -> str:
+    """What the PGR interval column is, over how many seeds, and "wide" below 5 seeds."""
+    parts = []
+    ns = sorted({int(n) for n in summary.loc[summary["ci_method"] == "t", "n_seeds"]})
+    if len(ns) == 1:
+        parts.append(describe_interval("t", ns[0], level))
+    elif ns:
+        text = f"{100 * level:g}% Student-t interval over {ns[0]}–{ns[-1]} seeds"
+        if ns[0] < FEW_SEEDS:
+            text += f" (wide where fewer than {FEW_SEEDS} seeds)"
+        parts.append(text)
+    if (summary["ci_method"] == "examples").any():
+        parts.append(f"a {100 * level:g}% bootstrap over test examples for 1 seed ({EXAMPLE_CI})")
+    return "; ".join(parts)
+
+
+def _interval_cells(mean, low, high, marks=None) -> list[str]:
+    marks = marks if marks is not None else [""] * len(mean)
+    return [
+        f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]{mark}" if np.isfinite(lo) else fmt(m)
+        for m, lo, hi, mark in zip(mean, low, high, marks, strict=True)
+    ]
+
+
+def main_table(
+    summary: pd.DataFrame,
+    group_keys: list[str],
+    eps: float,
+    n_resamples: int,
+    gap_se: float = GAP_SE_K,
+) -> Table:
+    """Accuracies, PGR mean [interval], two-level bootstrap, median, AUROC-PGR, agreement, seeds
+    and the gap flag; the title names the interval and its number of seeds."""
     keys = [*PAIR_KEYS, *group_keys]
     if summary.empty:
         empty = pd.DataFrame(columns=keys)
         return Table("pgr_main", "Weak-to-strong results", empty, empty, ["No finished w2s runs."])
-    display = pd.DataFrame(
+    marks = [EXAMPLE_CI if m == "examples" else "" for m in summary["ci_method"]]
+    columns = {
+        "task": summary["task"].astype(str),
+        "weak": summary["weak_model"].map(short_model),
+        "strong": summary["strong_model"].map(short_model),
+        "loss": summary["loss"].astype(str),
+        **{_key_label(k): summary[k].map(fmt) for k in group_keys},
+        "seeds": summary["n_seeds"].astype(int).astype(str),
+        "acc weak": summary["acc_weak"].map(fmt),
+        "acc ceiling": summary["acc_ceiling"].map(fmt),
+        "acc w2s": summary["acc_w2s"].map(fmt),
+        "PGR mean [95% CI]": _interval_cells(
+            summary["pgr_mean"], summary["pgr_ci_low"], summary["pgr_ci_high"], marks
+        ),
+    }
+    if "pgr_boot_low" in summary and np.isfinite(summary["pgr_boot_low"]).any():
+        columns["PGR 2-level [95%]"] = [
+            f"[{fmt(lo)}, {fmt(hi)}]" if np.isfinite(lo) else MISSING
+            for lo, hi in zip(summary["pgr_boot_low"], summary["pgr_boot_high"], strict=True)
+        ]
+    columns.update(
         {
-            "task": summary["task"].astype(str),
-            "weak": summary["weak_model"].map(short_model),
-            "strong": summary["strong_model"].map(short_model),
-            "loss": summary["loss"].astype(str),
-            **{_key_label(k): summary[k].map(fmt) for k in group_keys},
-            "seeds": summary["n_seeds"].astype(int).astype(str),
-            "acc weak": summary["acc_weak"].map(fmt),
-            "acc ceiling": summary["acc_ceiling"].map(fmt),
-            "acc w2s": summary["acc_w2s"].map(fmt),
-            "PGR mean [95% CI]": [
-                f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]{EXAMPLE_CI if meth == 'examples' else ''}"
-                if np.isfinite(lo)
-                else fmt(m)
-                for m, lo, hi, meth in zip(
-                    summary["pgr_mean"],
-                    summary["pgr_ci_low"],
-                    summary["pgr_ci_high"],
-                    summary["ci_method"],
-                    strict=True,
-                )
-            ],
             "PGR median": summary["pgr_median"].map(fmt),
             "PGR (AUROC)": summary["pgr_auroc_mean"].map(fmt),
             "agree": summary["agreement"].map(fmt),
@@ -89,16 +120,19 @@ def main_table(summary: pd.DataFrame, group_keys: list[str], eps: float, n_resam
             ],
         }
     )
+    display = pd.DataFrame(columns)
     n_flagged = int(summary["n_flagged"].sum())
-    notes = [AGGREGATION_NOTE.format(n_resamples=f"{n_resamples:,}", eps=eps)]
+    notes = [AGGREGATION_NOTE.format(n_resamples=f"{n_resamples:,}", eps=eps, k=gap_se)]
+    se_rule = f" or < {gap_se:g} SE of the paired test difference" if gap_se > 0 else ""
     if n_flagged:
         n_rows = int((summary["n_flagged"] > 0).sum())
         notes.append(
-            f"{FLAG} k/n: k of the n paired seeds have acc_ceiling − acc_weak ≤ {eps:g}, so their "
-            f"PGR is undefined ({n_flagged} seeds in {n_rows} rows)."
+            f"{FLAG} k/n: k of the n paired seeds have acc_ceiling − acc_weak ≤ {eps:g}{se_rule}; "
+            f"their PGR is left out of the PGR columns ({n_flagged} seeds in {n_rows} rows)."
         )
     else:
-        notes.append(f"Gap: every paired seed has acc_ceiling − acc_weak > {eps:g}.")
+        ok_rule = f" and ≥ {gap_se:g} SE of the paired test difference" if gap_se > 0 else ""
+        notes.append(f"Gap: every paired seed has acc_ceiling − acc_weak > {eps:g}{ok_rule}.")
     if (summary["ci_method"] == "examples").any():
         notes.append(f"{EXAMPLE_CI} single seed: CI from resampling test examples jointly.")
     notes.append(
@@ -110,7 +144,9 @@ def main_table(summary: pd.DataFrame, group_keys: list[str], eps: float, n_resam
             f"{int(summary['n_unpaired'].sum())} w2s runs lack a weak or ceiling run (unpaired)."
         )
     data = summary[[*keys] + [c for c in summary.columns if c not in keys]]
-    return Table("pgr_main", "Weak-to-strong results", data, display, notes)
+    caption = interval_caption(summary)
+    title = "Weak-to-strong results" + (f"; PGR mean with {caption}" if caption else "")
+    return Table("pgr_main", title, data, display, notes)
 
 
 def burns_table(pairs: pd.DataFrame) -> Table:
@@ -146,8 +182,12 @@ def burns_table(pairs: pd.DataFrame) -> Table:
     return Table("pgr_by_loss", "Median PGR per loss and task", data, display, notes)
 
 
+def _seconds(x: object) -> str:
+    return f"{x:.3g}" if isinstance(x, float | np.floating) and np.isfinite(x) else MISSING
+
+
 def cascade_table(table: pd.DataFrame) -> Table:
-    """Deferral-curve area, strong calls for 20/50/80 % PGR and the val-chosen budget threshold."""
+    """Deferral-curve area, APGR, CPT(20/50/80 %), monotonicity and the val-chosen budget τ."""
     if table.empty:
         empty = pd.DataFrame(columns=["task"])
         return Table(
@@ -164,28 +204,113 @@ def cascade_table(table: pd.DataFrame) -> Table:
             "acc strong": table["acc_strong"].map(fmt),
             "AUDC": table["audc"].map(fmt),
             "AUDC norm.": table["audc_norm"].map(fmt),
-            "r@20%": table["share_pgr20"].map(lambda x: fmt(x, 2)),
-            "r@50%": table["share_pgr50"].map(lambda x: fmt(x, 2)),
-            "r@80%": table["share_pgr80"].map(lambda x: fmt(x, 2)),
+            "APGR": table["apgr"].map(fmt),
+            "CPT(20%)": table["cpt20"].map(lambda x: fmt(x, 2)),
+            "CPT(50%)": table["cpt50"].map(lambda x: fmt(x, 2)),
+            "CPT(80%)": table["cpt80"].map(lambda x: fmt(x, 2)),
+            "monotone": [
+                "yes" if ok else f"no ({k}/{n}; {share:.0%})"
+                for ok, k, n, share in zip(
+                    table["monotone"],
+                    table["n_nonmonotone"],
+                    table["n_seeds"],
+                    table["nonmonotone_share"],
+                    strict=True,
+                )
+            ],
         }
     )
+    unit = str(table["cost_unit"].iloc[0]) if "cost_unit" in table else "parameters"
     notes = [
         "Weak model answers; its least confident (max-probability) test examples go to the strong "
         "model (the ceiling run). Means over seeds.",
-        "AUDC: area under accuracy vs share deferred r ∈ [0, 1]; norm. = (AUDC − random)/(oracle − random), "
-        "random = straight line weak→strong, oracle = weak errors the strong model fixes deferred first.",
-        "r@p: share of strong calls at which the cascade recovers p of the weak→strong accuracy gap.",
+        "AUDC: area under accuracy a(s) vs share of strong calls s ∈ [0, 1]; norm. = (AUDC − random)/"
+        "(oracle − random), random = straight line weak→strong, oracle = weak errors the strong "
+        "model fixes deferred first.",
+        "APGR = (AUDC − a_weak)/(a_strong − a_weak) (RouteLLM; random deferral gives 0.5). "
+        "CPT(x%): smallest s with a(s) ≥ a_weak + x·(a_strong − a_weak).",
+        "monotone: no (k/n; f): in k of n seeds the curve falls more than one example below its "
+        "best at a smaller s, on a share f of the steps (mean over seeds).",
     ]
     if budget_label is not None:
         display["τ"] = table["tau"].map(fmt)
         display["acc @ budget"] = table["budget_test_accuracy"].map(fmt)
-        display["r @ budget"] = table["budget_test_share"].map(lambda x: fmt(x, 2))
+        display["s @ budget"] = table["budget_test_share"].map(lambda x: fmt(x, 2))
+        if "budget_test_seconds" in table and np.isfinite(table["budget_test_seconds"]).any():
+            display["sec/ex @ budget"] = table["budget_test_seconds"].map(_seconds)
         notes.append(
             f"τ: defer when weak confidence < τ; chosen on val as the most accurate threshold whose "
-            f"cost per example c_weak + r·c_strong stays within the budget ({budget_label}), then "
-            "scored on test (acc and r @ budget)."
+            f"cost per example c_weak + s·c_strong stays within the budget ({budget_label}), then "
+            "scored on test (acc, share of strong calls s and measured seconds per example "
+            "@ budget)."
         )
+    notes.append(f"Costs c_weak, c_strong: {unit}.")
     return Table("cascade", "Weak→strong cascade", table, display, notes)
+
+
+def annotate_main_table(table: Table, summary: pd.DataFrame, auto_keys: list[str]) -> Table:
+    """Add the provenance flag (``code``) and the w2s backbone change to the main table.
+
+    ``summary`` is the frame the table was built from (same rows, same order), with the columns
+    of `analysis.pgr.add_group_columns`; ``auto_keys`` are the config keys that split rows
+    because they vary between runs (named in a note).
+    """
+    if summary.empty or "code" not in summary:
+        return table
+    display = table.display.copy()
+    display["code"] = summary["code"].astype(str).to_numpy()
+    display["backbone Δ"] = summary["backbone_change"].map(fmt).to_numpy()
+    mixed_ckpt = summary["checkpoints"].astype(str).str.startswith("MIXED")
+    if mixed_ckpt.any():
+        display["checkpoints"] = summary["checkpoints"].astype(str).to_numpy()
+    notes = list(table.notes)
+    notes.append(
+        "code: same when every run behind the row (w2s runs and the weak, ceiling and previous "
+        "runs they used) records one git commit and code version; MIXED (n commits) otherwise; "
+        "unrecorded = runs written before provenance was recorded; dirty = uncommitted changes. "
+        "backbone Δ: relative L2 distance of the w2s backbone from the pretrained one, mean."
+    )
+    if mixed_ckpt.any():
+        notes.append("checkpoints: MIXED (model: n) = runs loaded n different checkpoints.")
+    if auto_keys:
+        notes.append(
+            "Rows are split by every config key that differs between runs of one task, model "
+            f"pair and loss: {', '.join(_key_label(k) for k in auto_keys)}."
+        )
+    if summary["supervisors"].astype(bool).any():
+        notes.append(
+            "Several weak supervisors: acc weak is their combined labels; see supervisors.md."
+        )
+    return Table(table.name, table.title, table.data, display, notes)
+
+
+def supervisors_table(summary: pd.DataFrame, group_keys: list[str]) -> Table:
+    """Rows trained on several weak supervisors: each member's and the combined test accuracy."""
+    keys = [*PAIR_KEYS, *group_keys]
+    rows = summary[summary["supervisors"].astype(bool)] if "supervisors" in summary else summary
+    cols = [*keys, "n_seeds", "acc_weak", "supervisors"]
+    if rows.empty or "supervisors" not in summary:
+        empty = pd.DataFrame(columns=cols)
+        return Table(
+            "supervisors", "Weak supervisors", empty, empty, ["No run with several supervisors."]
+        )
+    data = rows[cols].reset_index(drop=True)
+    display = pd.DataFrame(
+        {
+            "task": data["task"].astype(str),
+            "weak": data["weak_model"].astype(str),
+            "strong": data["strong_model"].map(short_model),
+            "loss": data["loss"].astype(str),
+            **{_key_label(k): data[k].map(fmt) for k in group_keys},
+            "seeds": data["n_seeds"].astype(int).astype(str),
+            "supervisors (test accuracy)": data["supervisors"],
+        }
+    )
+    notes = [
+        "Each supervisor's test accuracy (its weak run) and that of the labels actually trained "
+        "on (combined), means over seeds. PGR uses the combined accuracy as acc_weak."
+    ]
+    return Table("supervisors", "Weak supervisors", data, display, notes)
 
 
 def calibration_table(calibration: pd.DataFrame) -> Table:
@@ -238,6 +363,9 @@ _LATEX_SPECIAL = {
     "−": "$-$",
     "→": r"$\to$",
     "≤": r"$\le$",
+    "≥": r"$\ge$",
+    "Δ": r"$\Delta$",
+    "√": r"$\surd$",
     "±": r"$\pm$",
     "·": r"$\cdot$",
     "τ": r"$\tau$",

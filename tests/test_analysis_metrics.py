@@ -75,8 +75,12 @@ def test_aggregate_flags_ceiling_not_above_weak():
     assert s["pgr_mean"] == pytest.approx((0.5 + 0.25 + 1.0) / 3)
     assert s["pgr_median"] == pytest.approx(0.5)
     assert s["acc_weak"] == pytest.approx(0.6)  # accuracies keep the flagged seed
-    assert s["ci_method"] == "seeds"
-    assert 0.25 - 1e-9 <= s["pgr_ci_low"] <= s["pgr_mean"] <= s["pgr_ci_high"] <= 1.0 + 1e-9
+    # Student-t over the 3 defined seeds: mean ± t(0.975, 2)·sd/√3
+    assert s["ci_method"] == "t"
+    half = 4.302653 * np.std([0.5, 0.25, 1.0], ddof=1) / np.sqrt(3)
+    assert s["pgr_ci_low"] == pytest.approx(s["pgr_mean"] - half, abs=1e-5)
+    assert s["pgr_ci_high"] == pytest.approx(s["pgr_mean"] + half, abs=1e-5)
+    assert np.isnan(s["pgr_boot_low"])  # no predictions: no two-level bootstrap
 
 
 def test_aggregate_all_flagged_gives_nan_not_a_dropped_row():
