@@ -1,5 +1,7 @@
 """``w2s-analyze RESULTS_DIR``: read every run below a results directory and write the PGR,
-cascade and calibration tables (Markdown, LaTeX, CSV), the plots (PNG, PDF) and ``skipped.md``.
+cascade and calibration tables (Markdown, LaTeX, CSV), the plots (PNG, PDF) and ``skipped.md``;
+with runs on two or more tasks also the per-task and across-task PGR and the paired loss
+comparison.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from analysis.tables import (
     burns_table,
     calibration_table,
     cascade_table,
+    loss_compare_table,
     main_table,
     render_markdown,
     supervisors_table,
+    task_pgr_table,
     write_table,
 )
+from analysis.tasks import MIN_TASKS, compare_losses, task_statistics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ece-bins", type=int, default=15, help="equal-width bins for ECE (default: 15)"
     )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="loss comparison table: only PGR_A − PGR_B (default: every pair of losses)",
+    )
     p.add_argument("--no-plots", action="store_true", help="write tables only")
     p.add_argument("--quiet", action="store_true", help="do not print the main table")
     return p
@@ -149,6 +160,23 @@ def main(argv: list[str] | None = None) -> int:
         cascade_table(cascades.table),
         calibration_table(cascades.calibration),
     ]
+    # across tasks: written whenever the runs cover two or more tasks
+    n_tasks = pairs["task"].nunique() if not pairs.empty else 0
+    across = comparison = None
+    if n_tasks >= MIN_TASKS:
+        across = task_statistics(summary, pairs, group_keys, args.n_resamples, args.seed)
+        comparison = compare_losses(pairs, group_keys, args.compare, args.n_resamples, args.seed)
+        report.warnings += comparison.warnings
+        tables += [
+            task_pgr_table(across, args.gap_eps, args.gap_se),
+            loss_compare_table(comparison),
+        ]
+    else:
+        print(
+            f"w2s-analyze: runs cover {n_tasks} task(s); pgr_tasks and loss_compare (statistics "
+            f"across tasks) need at least {MIN_TASKS}, skipped",
+            file=sys.stderr,
+        )
     for table in tables:
         write_table(table, out)
     if not pairs.empty:
@@ -168,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         n_plots += len(plots.plot_pgr_vs_size(summary, plot_dir, group_keys))
         n_plots += len(plots.plot_deferral_curves(cascades.curves, plot_dir))
         n_plots += len(plots.plot_reliability(cascades.reliability, plot_dir))
+        if across is not None:
+            n_plots += len(plots.plot_pgr_tasks(across, plot_dir))
+            n_plots += len(plots.plot_loss_compare(comparison, plot_dir))
 
     if not args.quiet:
         print(render_markdown(main))

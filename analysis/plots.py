@@ -268,3 +268,117 @@ def plot_reliability(reliability: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.legend(loc="upper left")
             paths += _save(fig, out_dir, slug("reliability", task, weak))
     return paths
+
+
+def _rows_height(n_rows: int, per_row: float) -> float:
+    """Figure height for a dot plot with one row per task: 2.5 in, or more for many rows."""
+    return max(FIGSIZE[1], 1.0 + per_row * n_rows)
+
+
+def plot_pgr_tasks(result, out_dir: Path) -> list[Path]:
+    """Per (weak, strong): PGR per task (mean over seeds, its interval) sorted by PGR, a marker
+    per loss, and below them the mean and median across tasks with their hierarchical bootstrap
+    intervals; tasks with undefined PGR are listed, marked "undefined", and not in the mean.
+    ``result``: `analysis.tasks.AcrossTasks`."""
+    paths: list[Path] = []
+    tasks, across = result.tasks, result.across
+    if tasks.empty:
+        return paths
+    for (weak, strong), g in tasks.groupby(["weak_model", "strong_model"], sort=True):
+        variants = sorted(g["variant"].unique())
+        score = g[g["defined"]].groupby("task")["pgr_mean"].mean().sort_values(ascending=False)
+        names = [*score.index, *sorted(set(g["task"]) - set(score.index))]
+        rows = [*names, None, "mean", "median"]  # None: a gap before the across-task rows
+        y = {name: -i for i, name in enumerate(rows)}
+        a = across[(across["weak_model"] == weak) & (across["strong_model"] == strong)]
+        dodge = np.linspace(-0.25, 0.25, len(variants)) if len(variants) > 1 else [0.0]
+        with _figure() as fig:
+            fig.set_size_inches(FIGSIZE[0], _rows_height(len(rows), 0.13 + 0.04 * len(variants)))
+            ax = fig.add_subplot()
+            side = mpl.transforms.blended_transform_factory(ax.transAxes, ax.transData)
+            for variant, (color, marker), off in zip(variants, _categorical(len(variants)), dodge, strict=True):  # fmt: skip
+                v = g[g["variant"] == variant].set_index("task")
+                ok = v[v["defined"]]
+                x = ok["pgr_mean"].to_numpy(float)
+                err = np.vstack([x - ok["pgr_ci_low"].to_numpy(float), ok["pgr_ci_high"].to_numpy(float) - x])  # fmt: skip
+                ys = np.array([y[t] for t in ok.index], dtype=float) - off
+                ax.errorbar(x, ys, xerr=np.clip(np.nan_to_num(err), 0, None), marker=marker,
+                            color=color, linestyle="none", capsize=1.5, elinewidth=0.8,
+                            label=variant)  # fmt: skip
+                for t in v.index[~v["defined"].to_numpy(bool)]:
+                    ax.text(0.01, y[t] - off, "undefined", transform=side, color=color,
+                            fontsize=5.5, va="center")  # fmt: skip
+                r = a[a["variant"] == variant]
+                for name, stat in (("mean", "pgr_mean"), ("median", "pgr_median")):
+                    if r.empty or not np.isfinite(r[stat].iloc[0]):
+                        continue
+                    m, lo, hi = (float(r[c].iloc[0]) for c in (stat, f"{stat}_low", f"{stat}_high"))
+                    e = np.clip(np.nan_to_num([[m - lo], [hi - m]]), 0, None)
+                    ax.errorbar([m], [y[name] - off], xerr=e, marker=marker, color=color,
+                                markerfacecolor="white", linestyle="none", capsize=1.5,
+                                elinewidth=1.0)  # fmt: skip
+            for ref in (0.0, 1.0):
+                ax.axvline(ref, color="grey", linewidth=0.6, linestyle=":")
+            ax.axhline(y[None], color="grey", linewidth=0.5)
+            n_used = int(a["n_tasks_used"].max()) if not a.empty else 0
+            labels = {"mean": f"mean ({n_used} tasks)", "median": "median", None: ""}
+            ticks = [t for t in rows if t is not None]
+            ax.set_yticks([y[t] for t in ticks], [labels.get(t, str(t)) for t in ticks])
+            ax.set_ylim(-len(rows) + 0.4, 0.6)
+            ax.set_xlabel(
+                "PGR; tasks: mean, 95% CI (t over seeds)\nmean/median: 95% hierarchical bootstrap"
+            )
+            n_undefined = len(names) - len(score)
+            undefined = f", {n_undefined} undefined" if n_undefined else ""
+            ax.set_title(f"{short_model(weak)} → {short_model(strong)}: PGR on {len(names)} tasks{undefined}")  # fmt: skip
+            if len(variants) > 1:
+                _legend(fig, ax, title="loss")
+            paths += _save(fig, out_dir, slug("pgr_tasks", weak, strong))
+    return paths
+
+
+def plot_loss_compare(result, out_dir: Path) -> list[Path]:
+    """Per (weak, strong): a row per loss comparison A − B: each task's mean paired PGR
+    difference (dots), the mean (●) and median (◆) across tasks with their hierarchical
+    bootstrap intervals, and on how many tasks A is ahead. ``result``:
+    `analysis.tasks.LossComparison`."""
+    paths: list[Path] = []
+    tasks, across = result.tasks, result.across
+    if tasks.empty:
+        return paths
+    for (weak, strong), a in across.groupby(["weak_model", "strong_model"], sort=True):
+        t = tasks[(tasks["weak_model"] == weak) & (tasks["strong_model"] == strong)]
+        comparisons = list(a["comparison"])
+        with _figure() as fig:
+            fig.set_size_inches(FIGSIZE[0], _rows_height(len(comparisons), 0.3))
+            ax = fig.add_subplot()
+            labels = []
+            for i, (_, r) in enumerate(a.iterrows()):
+                y = -i
+                rows = t[(t["comparison"] == r["comparison"]) & t["defined"]]
+                d = rows["diff_mean"].to_numpy(float)
+                jitter = np.linspace(-0.08, 0.08, len(d)) if len(d) > 1 else np.zeros(len(d))
+                ax.plot(d, y + 0.2 + jitter, "o", color="grey", markerfacecolor="none",
+                        markersize=2.5, label="task" if i == 0 else None)  # fmt: skip
+                for stat, marker, dy, label in (("diff_mean", "o", 0.0, "mean"), ("diff_median", "D", -0.2, "median")):  # fmt: skip
+                    m, lo, hi = (float(r[c]) for c in (stat, f"{stat}_low", f"{stat}_high"))
+                    if not np.isfinite(m):
+                        continue
+                    e = np.clip(np.nan_to_num([[m - lo], [hi - m]]), 0, None)
+                    ax.errorbar([m], [y + dy], xerr=e, marker=marker, color="C0" if stat == "diff_mean" else "C1",
+                                linestyle="none", capsize=1.5, elinewidth=1.0,
+                                label=label if i == 0 else None)  # fmt: skip
+                labels.append(f"{r['comparison']}\nΔ > 0 on {int(r['n_positive'])}/{int(r['n_tasks_used'])} tasks")  # fmt: skip
+            ax.axvline(0.0, color="grey", linewidth=0.6, linestyle=":")
+            ax.set_yticks([-i for i in range(len(comparisons))], labels)
+            ax.set_ylim(-len(comparisons) + 0.5, 0.5)
+            ax.set_xlabel("Δ PGR = A − B, paired by weak and ceiling run\n"
+                          "mean/median: 95% hierarchical bootstrap")  # fmt: skip
+            n_tasks, n_used = int(a["n_tasks"].max()), int(a["n_tasks_used"].max())
+            unpaired = f" of {n_tasks}" if n_used < n_tasks else ""
+            ax.set_title(
+                f"{short_model(weak)} → {short_model(strong)}: Δ on {n_used}{unpaired} tasks"
+            )
+            ax.legend(loc="best", fontsize=6)
+            paths += _save(fig, out_dir, slug("loss_compare", weak, strong))
+    return paths

@@ -4,10 +4,13 @@ The interval code the producer also prints (Student-t over seeds, the two-level 
 tiny-gap rule) lives in ``w2s.stats`` (the ``w2s`` CLI must not import ``analysis``) and is
 re-exported here. This module adds what only the tables need: percentile bootstraps of the mean
 over seeds for many groups at once, and the single-seed bootstrap over test examples (weak,
-ceiling and w2s predictions resampled jointly, so their correlation is kept).
+ceiling and w2s predictions resampled jointly, so their correlation is kept), and the
+hierarchical bootstrap over tasks, then seeds within each task, for statistics across tasks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,7 +46,9 @@ __all__ = [
     "bootstrap_means",
     "describe_interval",
     "grouped_mean_ci",
+    "grouped_hierarchical_bootstrap",
     "grouped_two_level_bootstrap",
+    "hierarchical_bootstrap",
     "joint_pattern_counts",
     "paired_gap_se",
     "paired_gap_se_counts",
@@ -170,3 +175,117 @@ def pgr_example_bootstrap(
         return float("nan"), float("nan"), 1.0
     lo, hi = percentile_interval(pgr, level)
     return float(lo), float(hi), float(1.0 - ok.mean())
+
+
+HIERARCHICAL_METHOD = (
+    "hierarchical bootstrap (tasks with replacement, then each drawn task's seeds with "
+    "replacement; percentile interval)"
+)
+
+
+def _hierarchical_draws(
+    sizes: tuple[int, ...], n_resamples: int, seed: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Resamples for tasks with ``sizes`` seeds each: per task t, the seed weights (count drawn /
+    n_t, ``[m_t, n_t]``) of the m_t slots of ``[B, T]`` that drew it, in task order, and the
+    permutation that puts those slots back in resample order.
+
+    The task draws come first from ``default_rng(seed)`` (``integers(0, T, (B, T))``), so with one
+    value per task the result is a plain bootstrap over tasks with that generator; then every
+    slot draws its task's n_t seeds, draw i as ``floor(u·n_t)``.
+    """
+    n_tasks, width = len(sizes), max(sizes)
+    rng = np.random.default_rng(seed)
+    tasks = rng.integers(0, n_tasks, size=(n_resamples, n_tasks)).ravel()
+    n = np.asarray(sizes, dtype=np.int64)[tasks][:, None]  # [B·T, 1]
+    u = rng.random((len(tasks), width))
+    seeds = np.minimum((u * n).astype(np.int64), n - 1)
+    seeds = np.where(np.arange(width) < n, seeds, width)  # draws past n_t fall in a spare bin
+    order = np.argsort(tasks, kind="stable")
+    bounds = np.searchsorted(tasks[order], np.arange(n_tasks + 1))
+    weights = []
+    for t, n_t in enumerate(sizes):
+        picked = seeds[order[bounds[t] : bounds[t + 1]]]  # [m_t, width]
+        offsets = (np.arange(len(picked)) * (width + 1))[:, None]
+        counts = np.bincount((picked + offsets).ravel(), minlength=len(picked) * (width + 1))
+        weights.append(counts.reshape(len(picked), width + 1)[:, :n_t] / n_t)
+    return weights, np.argsort(order)
+
+
+def _median_last(x: np.ndarray) -> np.ndarray:
+    """Median along the last (short) axis; sorting beats np.median's partition there."""
+    k = x.shape[-1]
+    x = np.sort(x, axis=-1)
+    return x[..., (k - 1) // 2 : k // 2 + 1].mean(axis=-1)
+
+
+def grouped_hierarchical_bootstrap(
+    groups: Sequence[Sequence[np.ndarray]],
+    n_resamples: int = N_RESAMPLES,
+    level: float = CI_LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+) -> list[dict]:
+    """Mean and median across tasks of per-task means, with hierarchical bootstrap intervals.
+
+    Each group is a list of tasks, each task an array of its per-seed values (NaN seeds and
+    tasks left with none are dropped first: an undefined PGR is not a value). A resample draws
+    T tasks with replacement, then for each drawn task its n_t seeds with replacement, takes
+    each drawn task's mean and then the mean and the median over the drawn tasks; intervals are
+    percentiles of those. Both levels of variation count: which tasks were run, and seed noise
+    within a task (test-example noise within a seed does not). Draws depend only on ``seed`` and
+    the seeds-per-task shape, so groups of one shape share them and a group's interval does not
+    depend on the others. Returns per group: ``mean``, ``median``, ``mean_ci``, ``median_ci``,
+    ``n_tasks``, ``n_seeds`` (per task), ``n_resamples``, ``level``, ``method``.
+    """
+    out, shapes = [], {}
+    for pos, tasks in enumerate(groups):
+        clean = [np.asarray(t, dtype=float) for t in tasks]
+        clean = [t[np.isfinite(t)] for t in clean]
+        clean = [t for t in clean if t.size]
+        means = np.array([t.mean() for t in clean])
+        nan = (float("nan"), float("nan"))
+        out.append(
+            {
+                "mean": float(means.mean()) if means.size else float("nan"),
+                "median": float(np.median(means)) if means.size else float("nan"),
+                "mean_ci": nan,
+                "median_ci": nan,
+                "n_tasks": len(clean),
+                "n_seeds": [int(t.size) for t in clean],
+                "n_resamples": n_resamples,
+                "level": level,
+                "method": HIERARCHICAL_METHOD,
+            }
+        )
+        if clean:
+            shapes.setdefault(tuple(t.size for t in clean), []).append((pos, clean))
+    for sizes, members in shapes.items():
+        weights, unsort = _hierarchical_draws(sizes, n_resamples, seed)
+        n_tasks = len(sizes)
+        step = max(1, _CHUNK_ELEMENTS // (n_resamples * n_tasks))
+        for start in range(0, len(members), step):
+            chunk = members[start : start + step]
+            by_task = np.empty((len(chunk), n_resamples * n_tasks))
+            at = 0
+            for t, w in enumerate(weights):
+                values = np.stack([clean[t] for _, clean in chunk])  # [g, n_t]
+                # einsum, not BLAS: with n_t ≈ 5 threads cost more than they save
+                by_task[:, at : at + len(w)] = np.einsum("gs,ms->gm", values, w)
+                at += len(w)
+            task_means = by_task[:, unsort].reshape(len(chunk), n_resamples, n_tasks)
+            mean_lo, mean_hi = percentile_interval(task_means.mean(axis=-1), level)
+            med_lo, med_hi = percentile_interval(_median_last(task_means), level)
+            for g, (pos, _) in enumerate(chunk):
+                out[pos]["mean_ci"] = (float(mean_lo[g]), float(mean_hi[g]))
+                out[pos]["median_ci"] = (float(med_lo[g]), float(med_hi[g]))
+    return out
+
+
+def hierarchical_bootstrap(
+    tasks: Sequence[np.ndarray],
+    n_resamples: int = N_RESAMPLES,
+    level: float = CI_LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict:
+    """`grouped_hierarchical_bootstrap` for one list of tasks (per-seed values per task)."""
+    return grouped_hierarchical_bootstrap([tasks], n_resamples, level, seed)[0]

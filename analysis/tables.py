@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis.pgr import AGGREGATION_NOTE, PAIR_KEYS
 from analysis.stats import CI_LEVEL, FEW_SEEDS, GAP_SE_K, describe_interval
+from analysis.tasks import ACROSS_MEAN, ACROSS_MEDIAN, FEW_TASKS, AcrossTasks, LossComparison
 
 MISSING = "–"
 FLAG = "†"
@@ -31,6 +32,7 @@ class Table:
     data: pd.DataFrame
     display: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    rules: list[int] = field(default_factory=list)  # display rows a LaTeX \midrule precedes
 
 
 def short_model(name: object) -> str:
@@ -332,6 +334,263 @@ def calibration_table(calibration: pd.DataFrame) -> Table:
     return Table("calibration", "Weak model calibration (test)", calibration, display, notes)
 
 
+def _pct(level: float) -> str:
+    return f"{100 * level:g}%"
+
+
+def _setting_label(weak: object, strong: object, name: object) -> str:
+    return f"{short_model(weak)} → {short_model(strong)}, {name}"
+
+
+def _counts_notes(across: pd.DataFrame, name_col: str, what: str) -> list[str]:
+    """One line per (weak, strong, loss or comparison): tasks used, seeds per task, left out;
+    a single line when every row has the same tasks and seeds."""
+
+    def line(r) -> str:
+        text = (
+            f"{int(r['n_tasks_used'])} tasks used ({what} per task: {r['seeds_per_task'] or '–'})"
+        )
+        if r["n_tasks_undefined"]:
+            text += f", {int(r['n_tasks_undefined'])} left out (undefined: {r['tasks_undefined']})"
+        else:
+            text += ", none left out"
+        return text
+
+    lines = [line(r) for _, r in across.iterrows()]
+    if len(set(lines)) == 1:
+        return [f"Every row: {lines[0]}."]
+    return [
+        f"{_setting_label(r['weak_model'], r['strong_model'], r[name_col])}: {text}."
+        for (_, r), text in zip(across.iterrows(), lines, strict=True)
+    ]
+
+
+def _bootstrap_note(n_resamples: int, seed: int, level: float, values: str) -> str:
+    return (
+        f"Across tasks: mean and median over tasks of the per-task mean {values}, with the "
+        f"{_pct(level)} percentile interval of a hierarchical bootstrap ({n_resamples:,} resamples, "
+        f"seed {seed}): each resample draws the tasks with replacement, then each drawn task's "
+        f"seeds with replacement (its per-seed {values}), and takes the mean and the median over "
+        "the drawn tasks of their means. It counts task-to-task and seed-to-seed variation, not "
+        "test-example noise within a seed; no interval with fewer than 2 tasks."
+    )
+
+
+def _few_tasks_note(across: pd.DataFrame) -> list[str]:
+    used = across["n_tasks_used"]
+    if used.empty or used.min() >= FEW_TASKS:
+        return []
+    return [
+        f"Fewer than {FEW_TASKS} tasks: a bootstrap over so few tasks spans about their range and "
+        "is likely too narrow; read the across-task interval as descriptive."
+    ]
+
+
+def task_pgr_table(result: AcrossTasks, eps: float = 0.0, gap_se: float = GAP_SE_K) -> Table:
+    """PGR per task (rows per weak, strong, loss and task) and a final across-tasks block: the
+    mean and median over tasks with their hierarchical bootstrap intervals and task counts."""
+    tasks, across = result.tasks, result.across
+    if tasks.empty:
+        empty = pd.DataFrame(columns=["task"])
+        return Table("pgr_tasks", "PGR per task", empty, empty, ["No finished w2s runs."])
+    marks = [EXAMPLE_CI if m == "examples" else "" for m in tasks["ci_method"]]
+    pgr_col = f"PGR mean [{_pct(result.level)} CI]"
+    display = pd.DataFrame(
+        {
+            "weak": tasks["weak_model"].map(short_model),
+            "strong": tasks["strong_model"].map(short_model),
+            "loss": tasks["variant"].astype(str),
+            "task": tasks["task"].astype(str),
+            "seeds": tasks["n_seeds"].astype(int).astype(str),
+            "acc weak": tasks["acc_weak"].map(fmt),
+            "acc ceiling": tasks["acc_ceiling"].map(fmt),
+            "acc w2s": tasks["acc_w2s"].map(fmt),
+            pgr_col: _interval_cells(
+                tasks["pgr_mean"], tasks["pgr_ci_low"], tasks["pgr_ci_high"], marks
+            ),
+            "left out": [t or MISSING for t in tasks["left_out"]],
+        }
+    )
+    block = []
+    for _, r in across.iterrows():
+        left = (
+            f"{int(r['n_tasks_undefined'])} undefined: {r['tasks_undefined']}"
+            if r["n_tasks_undefined"]
+            else MISSING
+        )
+        for label, stat in ((ACROSS_MEAN, "pgr_mean"), (ACROSS_MEDIAN, "pgr_median")):
+            cell = _interval_cells([r[stat]], [r[f"{stat}_low"]], [r[f"{stat}_high"]])[0]
+            block.append(
+                {
+                    "weak": short_model(r["weak_model"]),
+                    "strong": short_model(r["strong_model"]),
+                    "loss": str(r["variant"]),
+                    "task": label,
+                    "seeds": f"{int(r['n_tasks_used'])} tasks",
+                    "acc weak": MISSING,
+                    "acc ceiling": MISSING,
+                    "acc w2s": MISSING,
+                    pgr_col: cell,
+                    "left out": left,
+                }
+            )
+    display = pd.concat([display, pd.DataFrame(block)], ignore_index=True)
+    title = (
+        "PGR per task and across tasks; per task: mean over seeds with "
+        f"{interval_caption(tasks, result.level) or 'no interval'}; across tasks: mean and median "
+        f"of the per-task means with a {_pct(result.level)} hierarchical bootstrap interval "
+        "(tasks, then seeds within each task)"
+    )
+    se_rule = f" or < {gap_se:g} SE of the paired test difference" if gap_se > 0 else ""
+    ok_rule = f" and ≥ {gap_se:g} SE of the paired test difference" if gap_se > 0 else ""
+    notes = [
+        f"Per task: PGR = (acc_w2s − acc_weak)/(acc_ceiling − acc_weak) per seed, mean over the "
+        f"seeds whose ceiling − weak gap is > {eps:g}{ok_rule} (seeds: how many; left out: the "
+        "others and why); acc: means over paired seeds, as in the main table."
+        + (f" {EXAMPLE_CI} one seed: bootstrap over its test examples." if any(marks) else ""),
+        _bootstrap_note(result.n_resamples, result.seed, result.level, "PGR"),
+        *_counts_notes(across, "variant", "seeds"),
+        *_few_tasks_note(across),
+    ]
+    n_undefined = int(across["n_tasks_undefined"].sum())
+    if n_undefined:
+        notes.append(
+            f"undefined: no seed of the task has a defined PGR (gap ≤ {eps:g}{se_rule}, or the "
+            f"run is unpaired); {n_undefined} such rows are shown and left out of the across-task "
+            "rows."
+        )
+    else:
+        notes.append("Every task has at least one seed with a defined PGR.")
+    positive = "; ".join(
+        f"{_setting_label(r['weak_model'], r['strong_model'], r['variant'])}: "
+        f"{int(r['n_pgr_positive'])}/{int(r['n_tasks_used'])}"
+        for _, r in across.iterrows()
+    )
+    notes.append(f"Tasks with PGR > 0 (w2s beats its weak supervisor): {positive}.")
+    keys = result.group_keys
+    front = ["row", "weak_model", "strong_model", "variant", "loss", *keys, "task"]
+    task_cols = ["n_runs", "n_seeds", "n_flagged", "n_unpaired", "acc_weak", "acc_ceiling",
+                 "acc_w2s", "pgr_mean", "pgr_ci_low", "pgr_ci_high", "ci_method", "pgr_median",
+                 "left_out", "seed_pgrs"]  # fmt: skip
+    across_cols = ["n_tasks", "n_tasks_used", "n_tasks_undefined", "tasks_undefined",
+                   "seeds_per_task", "n_pgr_positive", "pgr_mean_low", "pgr_mean_high",
+                   "pgr_median_low", "pgr_median_high"]  # fmt: skip
+    data = pd.concat(
+        [
+            tasks.assign(row="task")[[c for c in front + task_cols if c in tasks or c == "row"]],
+            across.assign(row="across", task=ACROSS_MEAN.split(":")[0]),
+        ],
+        ignore_index=True,
+    )
+    data = data[[c for c in front + task_cols + across_cols if c in data]]
+    return Table("pgr_tasks", title, data, display, notes, rules=[len(tasks)])
+
+
+def loss_compare_table(result: LossComparison) -> Table:
+    """Paired PGR differences A − B per task, and per comparison an across-tasks block: mean
+    and median with hierarchical bootstrap intervals, and on how many tasks A is ahead."""
+    tasks, across = result.tasks, result.across
+    if tasks.empty:
+        empty = pd.DataFrame(columns=["task"])
+        notes = [*result.warnings, "No two losses to compare."]
+        return Table("loss_compare", "Paired loss comparison", empty, empty, notes)
+    pct = _pct(result.level)
+    diff_col = f"Δ mean [{pct} CI]"
+    display = pd.DataFrame(
+        {
+            "weak": tasks["weak_model"].map(short_model),
+            "strong": tasks["strong_model"].map(short_model),
+            "A − B": tasks["comparison"].astype(str),
+            "task": tasks["task"].astype(str),
+            "paired seeds": [
+                f"{int(k)}/{int(n)}"
+                for k, n in zip(tasks["n_pairs"], tasks["n_seeds"], strict=True)
+            ],
+            "PGR A": tasks["pgr_a"].map(fmt),
+            "PGR B": tasks["pgr_b"].map(fmt),
+            diff_col: _interval_cells(
+                tasks["diff_mean"], tasks["diff_ci_low"], tasks["diff_ci_high"]
+            ),
+            "excluded": [
+                f"undefined: {t or 'no seed'}" if n == 0 else (t or MISSING)
+                for n, t in zip(tasks["n_pairs"], tasks["excluded"], strict=True)
+            ],
+        }
+    )
+    block = []
+    for _, r in across.iterrows():
+        n_used = int(r["n_tasks_used"])
+        left = (
+            f"{int(r['n_tasks_undefined'])} without a paired seed: {r['tasks_undefined']}"
+            if r["n_tasks_undefined"]
+            else MISSING
+        )
+        share = f" ({r['share_positive']:.0%})" if n_used else ""
+        cells = [
+            (
+                ACROSS_MEAN,
+                _interval_cells([r["diff_mean"]], [r["diff_mean_low"]], [r["diff_mean_high"]])[0],
+            ),  # fmt: skip
+            (
+                ACROSS_MEDIAN,
+                _interval_cells(
+                    [r["diff_median"]], [r["diff_median_low"]], [r["diff_median_high"]]
+                )[0],
+            ),  # fmt: skip
+            ("tasks with Δ > 0", f"{int(r['n_positive'])}/{n_used}{share}"),
+            (
+                "tasks whose CI excludes 0",
+                f"{int(r['n_ci_positive'])} above, {int(r['n_ci_negative'])} below "
+                f"(of {int(r['n_with_ci'])} with ≥ 2 seeds)",
+            ),
+        ]
+        for label, cell in cells:
+            block.append(
+                {
+                    "weak": short_model(r["weak_model"]),
+                    "strong": short_model(r["strong_model"]),
+                    "A − B": str(r["comparison"]),
+                    "task": label,
+                    "paired seeds": f"{n_used} tasks",
+                    "PGR A": MISSING,
+                    "PGR B": MISSING,
+                    diff_col: cell,
+                    "excluded": left,
+                }
+            )
+    display = pd.concat([display, pd.DataFrame(block)], ignore_index=True)
+    title = (
+        "Paired loss comparison: Δ = PGR_A − PGR_B per seed, over w2s runs trained against the "
+        f"same weak and ceiling runs; per task: mean with a {pct} Student-t interval over the "
+        f"paired seeds; across tasks: mean and median of the per-task means with a {pct} "
+        "hierarchical bootstrap interval (tasks, then paired seeds within each task)"
+    )
+    notes = [
+        *result.warnings,
+        "Pairing: for each seed, A's and B's w2s runs must record the same weak runs and the same "
+        "ceiling run (by run id) and both have a defined PGR; excluded seeds are counted by "
+        "reason: other weak/ceiling run, tiny gap, unpaired, several runs per seed, only one "
+        "loss. PGR A/B: means over the paired seeds.",
+        _bootstrap_note(result.n_resamples, result.seed, result.level, "Δ"),
+        *_counts_notes(across, "comparison", "paired seeds"),
+        *_few_tasks_note(across),
+        "Tasks with Δ > 0: A's mean PGR is higher; CI excludes 0: the task's t-interval lies "
+        "above (A better) or below (B better) 0.",
+    ]
+    if across["n_tasks_undefined"].sum():
+        notes.append(
+            "undefined: no seed pairs on that task; the row is shown and the task left out of "
+            "the across-task rows."
+        )
+    front = ["row", "weak_model", "strong_model", "comparison", "variant_a", "variant_b", "task"]
+    data = pd.concat(
+        [tasks.assign(row="task"), across.assign(row="across", task=ACROSS_MEAN.split(":")[0])],
+        ignore_index=True,
+    )
+    data = data[[*front, *[c for c in data.columns if c not in front]]]
+    return Table("loss_compare", title, data, display, notes, rules=[len(tasks)])
+
+
 def render_markdown(table: Table) -> str:
     d = table.display
     if d.empty:
@@ -371,6 +630,8 @@ _LATEX_SPECIAL = {
     "τ": r"$\tau$",
     "∞": r"$\infty$",
     "∈": r"$\in$",
+    "<": r"$<$",
+    ">": r"$>$",
     FLAG: r"\textsuperscript{\dag}",
     EXAMPLE_CI: r"\textsuperscript{\ddag}",
 }
@@ -382,7 +643,7 @@ def latex_escape(text: object) -> str:
 
 def render_latex(table: Table) -> str:
     d = table.display
-    text_cols = {"task", "weak", "strong", "loss"}
+    text_cols = {"task", "weak", "strong", "loss", "A − B", "left out", "excluded"}
     spec = "".join("l" if c in text_cols else "r" for c in d.columns) or "l"
     lines = [
         r"\begin{table}[t]",
@@ -395,9 +656,11 @@ def render_latex(table: Table) -> str:
         " & ".join(latex_escape(c) for c in d.columns) + r" \\",
         r"\midrule",
     ]
-    lines += [
-        " & ".join(latex_escape(c) for c in row) + r" \\" for row in d.astype(str).values.tolist()
-    ]
+    rules = set(table.rules)
+    for i, row in enumerate(d.astype(str).values.tolist()):
+        if i in rules:
+            lines.append(r"\midrule")
+        lines.append(" & ".join(latex_escape(c) for c in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if table.notes:
         lines += [r"\par\footnotesize"] + [latex_escape(n) + r"\\" for n in table.notes]
