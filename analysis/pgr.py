@@ -310,6 +310,7 @@ def pair_runs(
             backbone_change_ceiling=ceiling["backbone_change"] if ceiling else np.nan,
             selected_step=w["selected_step"],
             n_duplicates_dropped=w["n_duplicates_dropped"],
+            flags=run_flags({"w2s": w, "weak": weak, "ceiling": ceiling}),
             previous_run=w["previous_run"],
             code_version=w["code_version"],
             git_commit=w["git_commit"],
@@ -457,7 +458,7 @@ def add_group_columns(
     each supervisor's and the combined supervisor's mean test accuracy, for ensembles.
     """
     keys = [*PAIR_KEYS, *(group_keys or [])]
-    extra = ["code", "checkpoints", "backbone_change", "supervisors"]
+    extra = ["code", "checkpoints", "backbone_change", "supervisors", "flags"]
     if pairs.empty or summary.empty:
         return summary.assign(**{c: pd.Series(dtype=object) for c in extra})
     grouped = pairs.groupby(keys, dropna=False, sort=True)
@@ -481,12 +482,33 @@ def add_group_columns(
         )
     table["code"], table["checkpoints"], table["supervisors"] = code, checkpoints, supervisors
     table["backbone_change"] = grouped["backbone_change"].mean().to_numpy()
+    table["flags"] = grouped["flags"].agg(count_flags).to_numpy()
     out = summary.drop(columns=[c for c in extra if c in summary]).merge(
         table[[*keys, *extra]], on=keys, how="left", validate="one_to_one"
     )
     if len(out) != len(summary):
         raise AssertionError("group columns do not match the PGR groups")
     return out
+
+
+def run_flags(runs: dict) -> str:
+    """The diagnostics flags (``w2s.diagnostics``) of a w2s run and its partners, as
+    ``kind:flag`` words (e.g. ``weak:near_uniform_predictions w2s:collapsed``)."""
+    words = []
+    for kind, run in runs.items():
+        if run is None or not isinstance(run.get("flags"), str):
+            continue
+        words += [f"{kind}:{f}" for f in json_field(run["flags"]) or []]
+    return " ".join(words)
+
+
+def count_flags(flags: pd.Series) -> str:
+    """How many of a group's seeds raised each flag: ``w2s:collapsed 3/3``."""
+    counts: dict[str, int] = {}
+    for text in flags.fillna(""):
+        for word in set(str(text).split()):
+            counts[word] = counts.get(word, 0) + 1
+    return "; ".join(f"{w} {n}/{len(flags)}" for w, n in sorted(counts.items()))
 
 
 def aggregate_pgr(

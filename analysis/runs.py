@@ -55,6 +55,7 @@ RUN_COLUMNS = (
     "eval_curve",
     "selected_step",
     "n_duplicates_dropped",
+    "flags",
     "status",
     "run_dir",
 )
@@ -75,7 +76,7 @@ _NUMERIC_OPTIONAL = (
 _STRING_OPTIONAL = ("weak_run", "ceiling_run", "previous_run", "code_version", "git_commit")
 # Lists and dicts are kept as canonical JSON text: hashable (pandas can group and deduplicate
 # on them) and readable in the CSV outputs. `json_field` parses them back.
-_JSON_OPTIONAL = ("weak_runs", "supervisor_members", "models", "eval_curve")
+_JSON_OPTIONAL = ("weak_runs", "supervisor_members", "models", "eval_curve", "flags")
 # Fields whose absence marks a run written before provenance was recorded.
 PROVENANCE_FIELDS = ("code_version", "git_commit")
 RECORDED_PARTNER_FIELDS = ("weak_runs", "ceiling_run")

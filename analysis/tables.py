@@ -262,6 +262,9 @@ def annotate_main_table(table: Table, summary: pd.DataFrame, auto_keys: list[str
     display = table.display.copy()
     display["code"] = summary["code"].astype(str).to_numpy()
     display["backbone Δ"] = summary["backbone_change"].map(fmt).to_numpy()
+    flagged = summary["flags"].fillna("").astype(str)
+    if flagged.astype(bool).any():
+        display["flags"] = flagged.to_numpy()
     mixed_ckpt = summary["checkpoints"].astype(str).str.startswith("MIXED")
     if mixed_ckpt.any():
         display["checkpoints"] = summary["checkpoints"].astype(str).to_numpy()
@@ -272,6 +275,13 @@ def annotate_main_table(table: Table, summary: pd.DataFrame, auto_keys: list[str
         "unrecorded = runs written before provenance was recorded; dirty = uncommitted changes. "
         "backbone Δ: relative L2 distance of the w2s backbone from the pretrained one, mean."
     )
+    if flagged.astype(bool).any():
+        notes.append(
+            "flags: seeds whose run (w2s, or the weak or ceiling run it used) was still "
+            "learning (not_converged: fitted loss falling > 5 % over the last 20 % of steps), "
+            "taught by near-uniform labels, predicting near-uniformly, or collapsed to one class "
+            "(≥ 95 % of test predictions); read those PGRs with care."
+        )
     if mixed_ckpt.any():
         notes.append("checkpoints: MIXED (model: n) = runs loaded n different checkpoints.")
     if auto_keys:

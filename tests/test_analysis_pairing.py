@@ -208,3 +208,27 @@ def test_describe_code():
     # a run without provenance was written by older code than the recorded ones
     assert describe_code([e("a", "1", "c1"), e("b")]) == "MIXED (1 unrecorded)"
     assert describe_code([e("a", "1", "c1"), e("a", "1", "c1")]) == "same"  # deduplicated by id
+
+
+def test_diagnostic_flags_reach_the_runs_and_the_main_table(tmp_path):
+    """A w2s run flagged as collapsed and a weak run flagged near-uniform are counted per group."""
+    rng = np.random.default_rng(3)
+    common = dict(weak_model="w", strong_model="s", loss="xent", weak_params=1, strong_params=9)
+    for seed in range(3):
+        labels = _labels(rng, 300)
+        weak_flags = {"flags": ["near_uniform_predictions"]} if seed == 0 else {"flags": []}
+        write_run(tmp_path, "weak", f"weak{seed}", "t", seed, labels, _probs(labels, 0.6, rng),
+                  weak_model="w", weak_params=1, extra=weak_flags)  # fmt: skip
+        write_run(tmp_path, "ceiling", f"ceil{seed}", "t", seed, labels,
+                  _probs(labels, 0.9, rng), strong_model="s", strong_params=9)  # fmt: skip
+        ids = {"weak_runs": [f"weak{seed}"], "ceiling_run": f"ceil{seed}",
+               "flags": ["collapsed"] if seed < 2 else []}
+        write_run(tmp_path, "w2s", f"w2s{seed}", "t", seed, labels, _probs(labels, 0.7, rng),
+                  weak_run=f"weak{seed}", extra=ids, **common)  # fmt: skip
+    out = _analyse(tmp_path, tmp_path)
+    per_run = pd.read_csv(out / "pgr_runs.csv").set_index("seed")
+    assert per_run.loc[0, "flags"] == "w2s:collapsed weak:near_uniform_predictions"
+    assert per_run.loc[1, "flags"] == "w2s:collapsed" and pd.isna(per_run.loc[2, "flags"])
+    main_md = (out / "pgr_main.md").read_text()
+    assert "w2s:collapsed 2/3; weak:near_uniform_predictions 1/3" in main_md
+    assert "collapsed to one class" in main_md

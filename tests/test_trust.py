@@ -104,6 +104,8 @@ def test_w2s_step_receives_the_weak_models_predictions_and_ids(tiny_env, tmp_pat
     assert targets.shape == (160, 2)
     np.testing.assert_allclose(targets, expected, atol=2e-5)
     assert w2s["supervisor_accuracy"] == pytest.approx(weak["accuracy"])
+    assert w2s["supervision_confidence"] == pytest.approx(float(expected.max(1).mean()), abs=1e-5)
+    assert isinstance(w2s["flags"], list) and np.isfinite(w2s["loss_trend_last20"])
 
 
 def test_strong_to_strong_round_receives_the_previous_models_predictions(tiny_env, tmp_path,

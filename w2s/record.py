@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from w2s import provenance
+from w2s import diagnostics, provenance
 from w2s.metrics import accuracy, auroc
 from w2s.runs import RunSpec, config_for_table, rows_hash
 from w2s.train.loop import save_params as save_weights  # noqa: F401  (re-exported)
@@ -46,6 +46,7 @@ def run_metrics(
         "compile_seconds": result.compile_seconds,
         "examples_per_second": result.examples_per_second,
         "steps": result.steps,
+        "optimizer_steps": result.steps // max(cfg.train.grad_accum, 1),
         "resumed_from": result.resumed_from,
         "trained_side_by_side": group_size,
         "loss_history": [[h["step"], round(h["loss"], 6)] for h in result.history],
@@ -65,6 +66,11 @@ def run_metrics(
         "dropped": {str(k): int(v) for k, v in task.dropped.items()},
         "config": config_for_table(cfg),
     }
+    metrics.update(
+        diagnostics.diagnose(
+            result.history, probs, test_labels, task.num_labels, spec.weak_soft.get("b")
+        )
+    )
     if len(splits["val"]) and "val" in probs:
         metrics["val_accuracy"] = accuracy(probs["val"], labels[splits["val"]])
     return metrics
