@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 KINDS = ("weak", "ceiling", "w2s")
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.parquet"
+TRACKING_DIR = "tracking"  # w2s's default log.dir below a results directory
 # Files whose presence marks a directory as a run directory even without metrics.json.
 RUN_MARKERS = (METRICS_FILE, PREDICTIONS_FILE, "config.yaml")
 
@@ -143,7 +144,11 @@ def _find_run_dirs(root: Path) -> list[tuple[Path, set[str]]]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         # hidden folders (Hydra's .hydra/ job logs, temp dirs) never hold runs
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        # and the experiment trackers' files (log.dir, default <results>/tracking) are no runs
+        dirnames[:] = [
+            d for d in dirnames
+            if not d.startswith(".") and not (d == TRACKING_DIR and Path(dirpath) == root)
+        ]
         names = set(filenames)
         is_leaf_of_kind = not dirnames and Path(dirpath).parent.name in KINDS
         if names.intersection(RUN_MARKERS) or is_leaf_of_kind:

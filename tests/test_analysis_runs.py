@@ -125,3 +125,13 @@ def test_pairing_prefers_weak_run_id_then_key(tmp_path):
     assert pairs.loc["by-id", "ceiling_run"] == "ceil"
     assert not pairs.loc["orphan", "paired"] and np.isnan(pairs.loc["orphan", "pgr"])
     assert "no weak run" in pairs.loc["orphan", "note"]
+
+
+def test_tracker_files_below_the_results_are_not_runs(tmp_path):
+    make_results(tmp_path, seeds=(0,), losses=("xent",))
+    n = len(load_runs(tmp_path)[0])
+    online = tmp_path / "tracking" / "wandb" / "run-1" / "files"  # W&B online writes a config.yaml
+    online.mkdir(parents=True)
+    (online / "config.yaml").write_text("lr: 1\n")
+    runs, report = load_runs(tmp_path)
+    assert len(runs) == n and report.n_found == n and not report.skipped

@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from w2s.config import register
+from w2s.console import configure_logging
 from w2s.store import RunStore
 from w2s.summary import summarize
 
@@ -27,6 +28,7 @@ def run(cfg: DictConfig) -> int:
     from w2s.distributed import initialize, is_lead
 
     OmegaConf.resolve(cfg)
+    configure_logging(cfg.verbose)  # after Hydra's job logging, before anything logs
 
     cache = Path(str(cfg.cache_dir)).expanduser()
     os.environ.setdefault("W2S_CACHE", str(cache))
@@ -69,7 +71,9 @@ def _app(cfg: DictConfig) -> int:
     try:
         return run(cfg)
     except Exception as e:
-        log.debug("failed", exc_info=True)  # the full trace stays in the job's log file
+        # INFO, not DEBUG: the job's log file (at INFO) keeps the full trace; the console
+        # shows it with verbose=true only
+        log.info("failed", exc_info=True)
         print(f"w2s: error: {type(e).__name__}: {e}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return 1

@@ -124,6 +124,19 @@ class DistributedConfig:
 
 
 @dataclass
+class LogConfig:
+    """Experiment tracking (``w2s.tracking``): per-step scalars and final metrics of every run
+    trained. Cosmetic: never part of a run id. W&B runs offline and MLflow to a local file
+    store unless ``WANDB_MODE`` / ``MLFLOW_TRACKING_URI`` are set."""
+
+    tensorboard: bool = False  # event files under <dir>/tensorboard/<group>/<run>/
+    wandb: bool = False  # needs the wandb package; runs under <dir>/wandb/
+    mlflow: bool = False  # needs mlflow (or mlflow-skinny); file://<dir>/mlruns
+    dir: str = "${results_dir}/tracking"
+    group: str | None = None  # None: <task>_<weak>_to_<strong>_<loss>
+
+
+@dataclass
 class Config:
     weak: ModelConfig = MISSING
     strong: ModelConfig = MISSING
@@ -132,6 +145,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     kinds: list[str] = field(default_factory=lambda: ["weak", "ceiling", "w2s"])
     extra_weak: list[ModelConfig] = field(default_factory=list)  # more weak supervisors
@@ -142,6 +156,8 @@ class Config:
     cache_dir: str = "${oc.env:W2S_CACHE,${oc.env:HOME}/.cache/w2s}"
     force: bool = False  # recompute runs even when a finished one exists
     dry_run: bool = False  # print the memory plan and exit
+    verbose: bool = False  # INFO logs (w2s, orbax/absl, JAX, transformers) on the console too;
+    # cosmetic, so not part of any run id. The job's log file always has them.
 
 
 def register() -> None:

@@ -22,8 +22,9 @@ import pandas as pd
 from flax import nnx
 from omegaconf import OmegaConf
 
-from w2s import record, runs, supervision
+from w2s import record, runs, supervision, tracking
 from w2s.config import Config, ModelConfig
+from w2s.console import Console
 from w2s.data import load_task, make_splits
 from w2s.data.views import token_views
 from w2s.distributed import agree, barrier, is_lead
@@ -64,6 +65,8 @@ class Experiment:
             load_task(cfg.task, self.cache_dir), self.paths, cfg.task.max_length, cfg.task.overlong
         )
         self._models: dict[str, Loaded] = {}
+        self._trackers: dict[tuple[str, str], tracking.Tracker] = {}  # open until recorded
+        self.console = Console(cfg)  # one line per run: trained or reused
 
     def _check(self) -> None:
         """Refuse, before any run starts, settings that cannot work together."""
@@ -89,6 +92,7 @@ class Experiment:
                 "live supervision uses one weak model; extra_weak needs supervision=labels"
             )
         step_loss(self.cfg.loss)  # unknown names fail here, before any training
+        tracking.check(self.cfg.log)  # an enabled backend's package is missing
 
     def _mesh(self):
         """The configured mesh, or None on one device (plain jit, no sharding)."""
@@ -238,6 +242,7 @@ class Experiment:
                 if reuse[i]:
                     log.info("%s run %s already finished: reused", spec.kind, spec.rid)
                     out[i] = finished[i] or self.store.finished(spec.kind, spec.rid)
+                    self.console.reused(out[i])
                     continue
                 config = {
                     **spec.identity,
@@ -256,10 +261,12 @@ class Experiment:
                     trained = self._train(group)
                     for (i, spec, d), (model, result) in zip(group, trained, strict=True):
                         out[i] = self._record(spec, splits[spec.seed], d, model, result, len(group))
+                        self.console.finished(out[i])
                 except BaseException as e:
                     for i, spec, d in group:
                         if out[i] is None and lead:
                             self.store.fail(d, spec.header, e)
+                    self._close_trackers([spec for _, spec, _ in group])  # marked failed
                     raise
             barrier("w2s-runs-recorded")  # what process 0 wrote is readable by all
             return out
@@ -308,6 +315,10 @@ class Experiment:
             teachers = ([s.teacher[0] for s in specs], first.teacher[1], first.teacher[2])
         checkpoints = self.cfg.train.checkpoint_every and len(specs) == 1
         val_index = self.splits(first.seed)["val"]
+        trackers = [tracking.make_trackers(self.cfg, s) for s in specs]  # one run each
+        for s, t in zip(specs, trackers, strict=True):
+            if t is not None:
+                self._trackers[(s.kind, s.rid)] = t
         results = train_group(
             models,
             loaded.view.take(first.train_index),
@@ -327,6 +338,7 @@ class Experiment:
             evaluate=self._evaluator(specs, val_index, loaded.view),
             select=self.cfg.train.select,
             resume=not self.cfg.force,
+            trackers=trackers if any(t is not None for t in trackers) else None,
         )
         return list(zip(models, results, strict=True))
 
@@ -355,7 +367,22 @@ class Experiment:
             self.store.finish(d, metrics, rows)
             if not self.cfg.train.keep_checkpoints:
                 self.store.clear_checkpoints(spec.kind, spec.rid)
+        tracker = self._trackers.pop((spec.kind, spec.rid), None)
+        if tracker is not None:  # after the record: tracking never holds up a result
+            tracker.finish(metrics, {
+                "run": spec.header,
+                "identity": spec.identity,
+                "experiment": OmegaConf.to_container(self.cfg, resolve=True),
+            })
+            tracker.close()
         return metrics
+
+    def _close_trackers(self, specs: list[RunSpec]) -> None:
+        """Close the trackers of runs that failed before their record (marked failed there)."""
+        for s in specs:
+            tracker = self._trackers.pop((s.kind, s.rid), None)
+            if tracker is not None:
+                tracker.close()
 
     def _models_of(self, spec: RunSpec) -> list[ModelConfig]:
         return [spec.model] if spec.kind != "w2s" else [*self.weaks, self.strong]

@@ -64,6 +64,15 @@ def _backbone_params(model: nnx.Module) -> list:
     return jax.tree.leaves(nnx.state(model.backbone, nnx.Param))
 
 
+@jax.jit
+def _sq_distance_and_norm(after: list, before: list) -> tuple[jax.Array, jax.Array]:
+    """One compiled reduction over every parameter (not one small program per shape)."""
+    diff = sum(jnp.sum((a.astype(jnp.float32) - b.astype(jnp.float32)) ** 2)
+               for a, b in zip(after, before, strict=True))
+    norm = sum(jnp.sum(b.astype(jnp.float32) ** 2) for b in before)
+    return diff, norm
+
+
 def backbone_change(pretrained: nnx.Module, trained: nnx.Module) -> float:
     """Relative L2 distance ``||θ − θ0|| / ||θ0||`` of the backbone's parameters (0: unmoved).
 
@@ -73,9 +82,5 @@ def backbone_change(pretrained: nnx.Module, trained: nnx.Module) -> float:
     before, after = _backbone_params(pretrained), _backbone_params(trained)
     if not before:
         return 0.0
-    diff = sum(
-        float(jnp.sum((a.astype(jnp.float32) - b.astype(jnp.float32)) ** 2))
-        for a, b in zip(after, before, strict=True)
-    )
-    norm = sum(float(jnp.sum(b.astype(jnp.float32) ** 2)) for b in before)
+    diff, norm = (float(x) for x in _sq_distance_and_norm(after, before))
     return float(np.sqrt(diff / norm)) if norm > 0 else float("nan")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from w2s.config import TrainConfig
 from w2s.distributed import is_lead, to_host
 from w2s.models.sharding import batch_sharding, on_mesh, shard_state
 from w2s.train.batches import Batch, epoch_batches, eval_batches, pad_rows
-from w2s.train.step import make_train_step, optimizer, predict_probs
+from w2s.train.step import learning_rate, make_train_step, optimizer, predict_probs
 
 log = logging.getLogger("w2s.train")
 
@@ -170,6 +171,7 @@ def train_group(
     evaluate=None,
     select: str = "last",
     resume: bool = True,
+    trackers: list | None = None,
 ) -> list[TrainResult]:
     """Train K models of one architecture, one per seed, on the same rows, in one program.
 
@@ -182,6 +184,8 @@ def train_group(
     ``cfg.eval_every`` steps and after the last; ``select='best'`` ends each seed with the
     parameters of its best evaluation (the earliest on ties), ``'last'`` with the final ones.
     ``resume=False`` ignores checkpoints left in ``ckpt_dir`` (a forced rerun starts afresh).
+    ``trackers`` (one ``w2s.tracking.Tracker`` or None per model) get each step's scalars at
+    the reports, so tracking adds no device syncs.
     """
     if select not in SELECTS:
         raise ValueError(f"train.select '{select}' unknown; use one of {', '.join(SELECTS)}")
@@ -201,6 +205,9 @@ def train_group(
     total = per_epoch * cfg.epochs
     updates = max(total // max(cfg.grad_accum, 1), 1)
     tx = optimizer(cfg, lr, updates)
+    tracked = None
+    if trackers and any(t is not None for t in trackers):
+        tracked = _Tracked(trackers, learning_rate(cfg, lr, updates), cfg.grad_accum)
     rules = getattr(models[0], "sharding_rules", ())
     if mesh is not None:
         if cfg.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
@@ -272,6 +279,8 @@ def train_group(
         states = _unstack(state, k) if k > 1 else [state]
         for j, metric in enumerate(evaluate(graphdef, states)):
             curves[j].append([at, float(metric)])
+            if tracked is not None:
+                tracked.val(j, at, float(metric))
             if select == "best" and (best[j] is None or metric > best[j][0]):
                 best[j] = (float(metric), at, jax.device_get(states[j]))
         eval_s[0] += time.perf_counter() - t_eval
@@ -295,7 +304,7 @@ def train_group(
 
     # The next batch is padded and stacked on a helper thread while the step runs (numpy
     # releases the GIL); on CPU the step runs inline on this thread (w2s.runtime).
-    with ThreadPoolExecutor(1, thread_name_prefix="w2s-batches") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="w2s-batches") as pool, _cleared(bar):
         for (step, group), arrays in _prefetched(plan(), host_arrays, pool):
             if data_sharding is not None:
                 arrays = jax.device_put(arrays, data_sharding)
@@ -310,20 +319,20 @@ def train_group(
             seen += int(sum(b.weight.sum() for b in group))
             pending.append(stats)
             if len(pending) >= 10 or step == total:
-                _check_and_report(pending, step, bar, seen, t0, history)
+                _check_and_report(pending, step, bar, seen, t0, history, tracked)
                 pending = []
             if manager is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 _save(manager, step, params, opt_state)
             if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
                 run_eval(step, params)
     if pending:
-        _check_and_report(pending, step, bar, seen, t0, history)
+        _check_and_report(pending, step, bar, seen, t0, history, tracked)
     jax.block_until_ready(params)
     if evaluate is not None and (not curves[0] or curves[0][-1][0] != step):
         run_eval(step, params)
+    if tracked is not None:
+        tracked.flush()
     seconds = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
     if manager is not None:
         manager.wait_until_finished()
         manager.close()
@@ -376,10 +385,68 @@ def _train_key(cfg: TrainConfig) -> tuple:
     )
 
 
-def _check_and_report(pending, step, bar, seen, t0, history):
+class _Tracked:
+    """Each seed's per-step scalars for its tracker: loss, accuracy, learning rate, examples/s.
+
+    Sent at the loop's reports (every 10 steps), in step order; val scores wait for the report
+    of their step, so that every backend sees steps only increase (W&B drops earlier ones).
+    """
+
+    def __init__(self, trackers: list, schedule, grad_accum: int):
+        self.trackers = trackers
+        self.schedule = schedule
+        self.accum = max(grad_accum, 1)
+        self.vals: dict[int, dict[int, float]] = {}  # step -> seed -> val score
+        self.last = (time.perf_counter(), 0)  # (time, examples seen) at the last report
+
+    def lr(self, steps: np.ndarray) -> np.ndarray:
+        """The rate of the update that step n (1-based) feeds: the schedule at the optimizer's
+        count of updates before it (``optax.MultiSteps`` counts one per grad_accum steps)."""
+        return np.broadcast_to(np.asarray(self.schedule((steps - 1) // self.accum)), steps.shape)
+
+    def val(self, seed: int, step: int, score: float) -> None:
+        self.vals.setdefault(step, {})[seed] = score
+
+    def report(self, step: int, losses: np.ndarray, accuracies: np.ndarray, seen: int) -> None:
+        n = len(losses)
+        steps = np.arange(step - n + 1, step + 1)
+        self.flush(before=int(steps[0]))  # evaluated after their step's report
+        lrs = self.lr(steps)
+        losses, accuracies = losses.reshape(n, -1), accuracies.reshape(n, -1)
+        now = time.perf_counter()
+        rate = (seen - self.last[1]) / max(now - self.last[0], 1e-9)
+        self.last = (now, seen)
+        for j, tracker in enumerate(self.trackers):
+            if tracker is None:
+                continue
+            for i, s in enumerate(steps.tolist()):
+                values = {
+                    "train/loss": float(losses[i, j]),
+                    "train/accuracy": float(accuracies[i, j]),
+                    "train/lr": float(lrs[i]),
+                }
+                if i == n - 1:  # measured between reports, over all seeds (the first: compiling)
+                    values["train/examples_per_second"] = rate
+                if j in self.vals.get(s, {}):
+                    values["val/score"] = self.vals[s][j]
+                tracker.scalars(s, values)
+        for s in [s for s in self.vals if s <= step]:
+            del self.vals[s]
+
+    def flush(self, before: int | None = None) -> None:
+        """Val scores not yet sent (of steps before ``before``; all at the end of training)."""
+        for s in sorted(s for s in self.vals if before is None or s < before):
+            for j, score in self.vals.pop(s).items():
+                if self.trackers[j] is not None:
+                    self.trackers[j].scalars(s, {"val/score": score})
+
+
+def _check_and_report(pending, step, bar, seen, t0, history, tracked=None):
     """Pull the last few steps' stats to the host (one sync per report), stop on NaN."""
     stats = jax.device_get(pending)
     losses = np.array([s["loss"] for s in stats])  # [steps] or [steps, seeds]
+    if tracked is not None:  # before the NaN check: the curve up to the failure is kept
+        tracked.report(step, losses, np.array([s["accuracy"] for s in stats]), seen)
     if not np.all(np.isfinite(losses)):
         bad = step - len(stats) + int(np.argmin(np.isfinite(losses).reshape(len(stats), -1).all(1)))
         raise FloatingPointError(
@@ -408,6 +475,12 @@ def _progress(total, start, desc, enabled):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _cleared(bar):
+    """Close the bar (``leave=False``: its line is erased) also when training fails, so an
+    error message or the next run's line does not land after a stale bar."""
+    return nullcontext() if bar is None else bar
 
 
 def _checkpointer(ckpt_dir: Path, every: int):
