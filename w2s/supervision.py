@@ -37,8 +37,7 @@ def combine(stacked: np.ndarray, how: str) -> np.ndarray:
     raise ValueError(f"weak_combine '{how}' unknown; use one of {', '.join(COMBINES)}")
 
 
-def _split_probs(store: RunStore, kind: str, rid: str, split: str, ids: list[str]) -> np.ndarray:
-    df = store.predictions(kind, rid)
+def _split_probs(df, kind: str, rid: str, split: str, ids: list[str]) -> np.ndarray:
     df = df[df["split"] == split].set_index("id")
     missing = [i for i in ids if i not in df.index]
     if missing:
@@ -58,9 +57,13 @@ def read_supervision(
     kind: str = "weak",
 ) -> Supervision:
     """Soft labels of ``runs`` (weak runs, or a previous strong round) on the splits in ``ids``."""
+    frames = [store.predictions(kind, r["run_id"]) for r in runs]  # each file read once
     probs = {}
     for split, split_ids in ids.items():
-        stacked = np.stack([_split_probs(store, kind, r["run_id"], split, split_ids) for r in runs])
+        stacked = np.stack([
+            _split_probs(df, kind, r["run_id"], split, split_ids)
+            for df, r in zip(frames, runs, strict=True)
+        ])
         probs[split] = stacked[0] if len(runs) == 1 else combine(stacked, how)
     members = [
         {"model": r.get("weak_model") or r.get("strong_model"), "run_id": r["run_id"],
