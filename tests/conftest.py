@@ -96,7 +96,8 @@ def tiny_overrides(env: dict, results: Path, *extra: str) -> list[str]:
         "strong.lr=1e-2", "weak.pooling=mean", "strong.pooling=mean",
         "task=local", "task.name=toy", f"task.path={env['data']}", "task.n_a=160",
         "task.n_b=160", "task.n_val=40", "task.n_test=120", "task.max_length=32",
-        "train.batch_size=16", "train.epochs=6", "train.buckets=[32]",
+        "train.batch_size=16", "train.epochs=6", "train.early_stop.max_epochs=6",
+        "train.buckets=[32]",
         "train.progress=false", "train.warmup_frac=0.0", f"results_dir={results}",
         f"cache_dir={env['root'] / 'cache'}", "seeds=[0]", *extra,
     ]

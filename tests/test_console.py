@@ -15,7 +15,8 @@ import pytest
 from tests.conftest import compose, tiny_overrides
 
 RUN_LINE = re.compile(
-    r"^\[(\d+)/(\d+)\] (\S+)\s+(\S+)\s+seed (\d+)\s+acc (\d\.\d{4})\s+(reused|\d+\.\d s)$"
+    r"^\[(\d+)/(\d+)\] (\S+)\s+(\S+)\s+seed (\d+)\s+acc (\d\.\d{4})\s+(reused|\d+\.\d s)"
+    r"(?:  (\d+) steps(?: \((val loss stopped falling|the max_epochs budget); kept step (\d+)\))?)?$"
 )
 CONFLICT = "duplicate texts have a different label"  # the dedup warning of w2s.data.tasks
 
@@ -89,6 +90,13 @@ def test_default_console_is_one_line_per_run(consoles):
         assert (m[4], int(m[5])) == (model, record["seed"])
         assert m[6] == f"{record['accuracy']:.4f}"
         assert m[7] == f"{record['train_seconds']:.1f} s"
+        assert int(m[8]) == record["steps"]
+        if record["early_stop"]:  # weak and ceiling runs stop on their val loss by default
+            stopped = record["stopped_at"] is not None
+            assert m[9] == ("val loss stopped falling" if stopped else "the max_epochs budget")
+            assert int(m[10]) == record["selected_step"]
+        else:
+            assert m[9] is None
     assert any("toy:" in x for x in lines) and any(x.lstrip().startswith("mean") for x in lines)
 
 
@@ -138,12 +146,21 @@ def test_s2s_rounds_are_named(tmp_path, capsys):
 
     console = Console(compose(tiny_overrides(paths(tmp_path), tmp_path, "s2s_rounds=1")))
     record = {"kind": "w2s", "weak_model": "tiny-weak", "strong_model": "tiny-strong",
-              "loss": "xent_s2s1", "seed": 0, "accuracy": 0.75, "train_seconds": 1.26}
+              "loss": "xent_s2s1", "seed": 0, "accuracy": 0.75, "train_seconds": 1.26,
+              "steps": 20, "early_stop": False, "stopped_at": None}
     console.finished(record)
     console.reused(record)
+    stopped = {**record, "kind": "ceiling", "loss": "gt", "early_stop": True, "stopped_at": 30,
+               "selected_step": 20}
+    console.finished(stopped)
+    console.finished({**stopped, "stopped_at": None, "selected_step": 60})
     assert capsys.readouterr().out.splitlines() == [
-        "[1/4] s2s1    tiny-strong  seed 0  acc 0.7500  1.3 s",
+        "[1/4] s2s1    tiny-strong  seed 0  acc 0.7500  1.3 s  20 steps",
         "[2/4] s2s1    tiny-strong  seed 0  acc 0.7500  reused",
+        "[3/4] ceiling tiny-strong  seed 0  acc 0.7500  1.3 s  20 steps "
+        "(val loss stopped falling; kept step 20)",
+        "[4/4] ceiling tiny-strong  seed 0  acc 0.7500  1.3 s  20 steps "
+        "(the max_epochs budget; kept step 60)",
     ]
 
 

@@ -276,8 +276,9 @@ GROUP = "toy_tiny-weak_to_tiny-strong_xent"
 
 def test_tensorboard_run_end_to_end(tiny_env, tmp_path):
     lr = 1e-2
+    fixed = ("train.early_stop.runs=[]",)  # every run trains 3 epochs, evaluated every 7 steps
     _run(tiny_overrides(tiny_env, tmp_path, "log.tensorboard=true", "train.epochs=3",
-                        "train.eval_every=7"))
+                        "train.eval_every=7", *fixed))
     runs_seen = 0
     for kind in ("weak", "ceiling", "w2s"):
         (m,) = _metrics(tmp_path, kind)
@@ -295,6 +296,9 @@ def test_tensorboard_run_end_to_end(tiny_env, tmp_path):
         assert [[e.step, np.float32(e.value)] for e in val] == [
             [s, np.float32(v)] for s, v in m["eval_curve"]]
         assert [e.step for e in val] == [7, 14, 21, 28, 30]
+        val_loss = acc.Scalars("val/loss")
+        assert [[e.step, np.float32(e.value)] for e in val_loss] == [
+            [s, np.float32(v)] for s, v in m["val_loss_curve"]]
         # cosine decay without warm-up over the run's updates: the rate of each step's update
         rates = acc.Scalars("train/lr")
         want = [lr * 0.5 * (1 + math.cos(math.pi * (s - 1) / m["steps"])) for s in range(1, 31)]
@@ -313,7 +317,7 @@ def test_tensorboard_run_end_to_end(tiny_env, tmp_path):
 
     # reused runs are not trained again, so they add no tracked runs
     _run(tiny_overrides(tiny_env, tmp_path, "log.tensorboard=true", "train.epochs=3",
-                        "train.eval_every=7"))
+                        "train.eval_every=7", *fixed))
     assert len(list((tmp_path / "tracking").rglob("events.out.tfevents.*"))) == 3
 
 

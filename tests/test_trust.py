@@ -236,6 +236,7 @@ def test_cached_labels_are_tempered_like_a_live_teacher(tiny_env, tmp_path, rece
 
 def test_model_selection_sees_only_weak_labels_on_val(tiny_env, tmp_path):
     _run(tiny_overrides(tiny_env, tmp_path, "train.eval_every=5", "train.select=best",
+                        "train.early_stop.runs=[]",  # every run selects by val accuracy
                         f"weak.path={tiny_env['weak_chars']}", "weak.name=tiny-chars"))
     (weak,), (ceiling,), (w2s,) = (_metrics(tmp_path, k) for k in ("weak", "ceiling", "w2s"))
     steps = [s for s, _ in w2s["eval_curve"]]

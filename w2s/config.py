@@ -79,6 +79,25 @@ class LossConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """Train the listed kinds of run until their val loss stops falling, under a budget.
+
+    Weak and ceiling runs score val against ground truth (they may: it is their own labelled
+    data); a w2s run listed here scores it against its supervisor's labels, never ground truth.
+    A listed run trains up to ``max_epochs`` (its schedule spans them), evaluates every
+    ``every`` steps (0: once an epoch), stops after ``patience`` evaluations in a row without
+    a val loss lower than its best by more than ``min_delta``, and ends with its best
+    parameters; ``train.epochs``, ``eval_every`` and ``select`` then apply only to the others.
+    """
+
+    runs: list[str] = field(default_factory=lambda: ["weak", "ceiling"])  # [] turns it off
+    max_epochs: int = 10
+    patience: int = 2
+    min_delta: float = 0.0  # in nats of mean val cross-entropy
+    every: int = 0
+
+
+@dataclass
 class TrainConfig:
     optimizer: str = "adamw"  # adam | adamw | adafactor
     lr: float = 5e-5
@@ -93,6 +112,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between val evaluations (0: none); w2s runs score val against
     # the supervisor's labels, weak and ceiling runs against ground truth
     select: str = "last"  # last | best: keep the final parameters or the best by that val score
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     checkpoint_every: int = 0  # steps; 0 disables checkpoints
     keep_checkpoints: bool = False  # keep a finished run's checkpoints (else removed when done)
     buckets: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])

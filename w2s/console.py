@@ -83,8 +83,14 @@ class Console:
         self._line(metrics, "reused")
 
     def finished(self, metrics: dict) -> None:
-        """A run just trained and recorded."""
-        self._line(metrics, f"{metrics['train_seconds']:.1f} s")
+        """A run just trained and recorded: its time and steps (and, stopped early on its val
+        loss, the step whose parameters it kept)."""
+        tail = f"{metrics['train_seconds']:.1f} s  {metrics['steps']} steps"
+        if metrics.get("stopped_at") is not None:
+            tail += f" (val loss stopped falling; kept step {metrics['selected_step']})"
+        elif metrics.get("early_stop"):
+            tail += f" (the max_epochs budget; kept step {metrics['selected_step']})"
+        self._line(metrics, tail)
 
     def format(self, metrics: dict, tail: str) -> str:
         self.done += 1

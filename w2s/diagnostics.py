@@ -59,17 +59,37 @@ def majority_share(probs: np.ndarray) -> float:
     return float(counts.max() / max(counts.sum(), 1))
 
 
+def val_still_falling(val_loss_curve: list[list]) -> bool:
+    """An early-stopped run's budget ran out while its val loss was at its lowest yet: the
+    last evaluation is the best, so more epochs might still have helped."""
+    if not val_loss_curve:
+        return False
+    losses = [loss for _, loss in val_loss_curve]
+    return int(np.argmin(losses)) == len(losses) - 1
+
+
 def diagnose(
-    history, probs: dict, test_labels: np.ndarray, num_labels: int, supervision=None
+    history,
+    probs: dict,
+    test_labels: np.ndarray,
+    num_labels: int,
+    supervision=None,
+    *,
+    val_loss_curve: list[list] | None = None,
 ) -> dict:
     """The measured values and the flags raised for one run (``supervision``: the probabilities
-    a w2s run was taught on B)."""
+    a w2s run was taught on B). An early-stopped run (``val_loss_curve`` given) has finished
+    learning when its val loss stopped falling, whatever its training loss still does; the
+    others are judged by the trend of their training loss."""
     trend = loss_trend(history)
     test_conf = mean_confidence(probs["test"])
     sup_conf = mean_confidence(supervision)
     share = majority_share(probs["test"])
     flags = []
-    if np.isfinite(trend) and trend < -NOT_CONVERGED_DROP:
+    if val_loss_curve is not None:
+        if val_still_falling(val_loss_curve):
+            flags.append("not_converged")
+    elif np.isfinite(trend) and trend < -NOT_CONVERGED_DROP:
         flags.append("not_converged")
     if supervision is not None and near_uniform(sup_conf, num_labels):
         flags.append("near_uniform_supervision")

@@ -35,7 +35,15 @@ from w2s.runs import RunSpec
 from w2s.store import RunStore, run_id
 from w2s.timing import timed
 from w2s.train.batches import fit_buckets
-from w2s.train.loop import SELECTS, View, predict, predict_state, restore_params, train_group
+from w2s.train.loop import (
+    SELECTS,
+    Stop,
+    View,
+    predict,
+    predict_state,
+    restore_params,
+    train_group,
+)
 from w2s.train.losses import step_loss
 
 log = logging.getLogger("w2s")
@@ -82,6 +90,23 @@ class Experiment:
             raise ValueError(f"train.select '{tr.select}' unknown; use one of {', '.join(SELECTS)}")
         if tr.select == "best" and not tr.eval_every:
             raise ValueError("train.select=best needs train.eval_every > 0 (steps between evals)")
+        stop = tr.early_stop
+        unknown = sorted(set(stop.runs) - {"weak", "ceiling", "w2s"})
+        if unknown:
+            raise ValueError(
+                f"train.early_stop.runs: unknown kind(s) {unknown}; use weak, ceiling, w2s"
+            )
+        if stop.runs and (stop.patience < 1 or stop.max_epochs < 1 or stop.every < 0):
+            raise ValueError(
+                "train.early_stop needs patience >= 1, max_epochs >= 1 and every >= 0 "
+                f"(got patience={stop.patience}, max_epochs={stop.max_epochs}, "
+                f"every={stop.every}); runs=[] turns it off"
+            )
+        if stop.runs and t.n_val < 1:
+            raise ValueError(
+                f"train.early_stop.runs={list(stop.runs)} stops on the val loss, but "
+                "task.n_val=0; set task.n_val or train.early_stop.runs=[]"
+            )
         if tr.vmap_seeds > 1 and t.split_seed is None:
             raise ValueError(
                 "train.vmap_seeds > 1 trains seeds side by side on the same rows: set "
@@ -288,20 +313,31 @@ class Experiment:
                 groups.append([item])
         return groups
 
+    def _stop(self, kind: str) -> Stop | None:
+        if not runs.early_stops(self.cfg, kind):
+            return None
+        e = self.cfg.train.early_stop
+        return Stop(e.patience, e.max_epochs, e.min_delta, e.every)
+
     def _evaluator(self, specs: list[RunSpec], val_index: np.ndarray, view: View):
-        """Model selection on val: each seed's agreement with what its run may see there."""
-        if not self.cfg.train.eval_every:
+        """Model selection on val, against what each run may see there (ground truth for weak
+        and ceiling runs, the supervisor's labels for w2s runs): accuracy and cross-entropy."""
+        if not (self.cfg.train.eval_every or runs.early_stops(self.cfg, specs[0].kind)):
             return None
         val_view = view.take(val_index)
-        wanted = [s.val_targets.argmax(-1) for s in specs]
+        wanted = [s.val_targets for s in specs]
 
         def evaluate(graphdef, states):
-            return [
-                float(np.mean(predict_state(
+            out = []
+            for st, t in zip(states, wanted, strict=True):
+                p = predict_state(
                     graphdef, st, val_view, self.cfg.train.eval_batch_size, self.buckets
-                ).argmax(-1) == y))
-                for st, y in zip(states, wanted, strict=True)
-            ]
+                )
+                out.append({
+                    "accuracy": float(np.mean(p.argmax(-1) == t.argmax(-1))),
+                    "loss": float(-np.mean(np.sum(t * np.log(np.maximum(p, 1e-12)), -1))),
+                })
+            return out
 
         return evaluate
 
@@ -337,6 +373,7 @@ class Experiment:
             desc=f"{first.kind} {first.model.name} seed " + ",".join(str(s.seed) for s in specs),
             evaluate=self._evaluator(specs, val_index, loaded.view),
             select=self.cfg.train.select,
+            stop=self._stop(first.kind),
             resume=not self.cfg.force,
             trackers=trackers if any(t is not None for t in trackers) else None,
         )

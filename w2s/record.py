@@ -13,7 +13,7 @@ import pandas as pd
 
 from w2s import diagnostics, provenance
 from w2s.metrics import accuracy, auroc
-from w2s.runs import RunSpec, config_for_table, rows_hash
+from w2s.runs import RunSpec, config_for_table, early_stops, rows_hash
 from w2s.train.loop import save_params as save_weights  # noqa: F401  (re-exported)
 
 backbone_change = provenance.backbone_change
@@ -50,9 +50,13 @@ def run_metrics(
         "resumed_from": result.resumed_from,
         "trained_side_by_side": group_size,
         "loss_history": [[h["step"], round(h["loss"], 6)] for h in result.history],
-        "select": cfg.train.select,
+        "select": "best_val_loss" if early_stops(cfg, spec.kind) else cfg.train.select,
         "eval_curve": result.eval_curve,
+        "val_loss_curve": result.val_loss_curve,
         "selected_step": result.selected_step,
+        "max_steps": result.max_steps,
+        "early_stop": early_stops(cfg, spec.kind),
+        "stopped_at": result.stopped_at,
         "backbone_change": backbone_change,
         "n_params": n_params,
         **provenance.code(),
@@ -68,7 +72,8 @@ def run_metrics(
     }
     metrics.update(
         diagnostics.diagnose(
-            result.history, probs, test_labels, task.num_labels, spec.weak_soft.get("b")
+            result.history, probs, test_labels, task.num_labels, spec.weak_soft.get("b"),
+            val_loss_curve=result.val_loss_curve if early_stops(cfg, spec.kind) else None,
         )
     )
     if len(splits["val"]) and "val" in probs:

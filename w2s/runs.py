@@ -127,13 +127,30 @@ def data_identity(cfg: Config, seed: int, rows: str) -> dict:
     }
 
 
+def early_stops(cfg: Config, kind: str) -> bool:
+    """Whether runs of this kind train until their val loss stops falling."""
+    return kind in cfg.train.early_stop.runs
+
+
+def train_identity(cfg: Config, kind: str) -> dict:
+    """The train keys that can change a run of this kind. Early stopping replaces epochs,
+    eval_every and select for the kinds it lists, and does not touch the others."""
+    t = identity(cfg.train)
+    stop = t.pop("early_stop")
+    if early_stops(cfg, kind):
+        for key in ("epochs", "eval_every", "select"):
+            t.pop(key)
+        t["early_stop"] = {k: v for k, v in stop.items() if k != "runs"}
+    return t
+
+
 def gt_identity(cfg: Config, kind: str, m: ModelConfig, seed: int, rows: str) -> dict:
     """weak (ground truth of A) and ceiling (ground truth of B) runs."""
     return {
         "kind": kind,
         "data": data_identity(cfg, seed, rows),
         "model": identity(m, labelled=True),
-        "train": identity(cfg.train),
+        "train": train_identity(cfg, kind),
         "seed": seed,
     }
 
@@ -149,7 +166,7 @@ def w2s_identity(
         "kind": "w2s",
         "data": data_identity(cfg, seed, rows),
         "model": identity(cfg.strong, labelled=True),
-        "train": identity(cfg.train),
+        "train": train_identity(cfg, "w2s"),
         "seed": seed,
         "loss": identity(cfg.loss),
         "weak_runs": weak_runs,

@@ -51,8 +51,11 @@ class TrainResult:
     examples_per_second: float
     resumed_from: int = 0
     history: list[dict] = field(default_factory=list)
-    eval_curve: list[list] = field(default_factory=list)  # [[step, val metric], ...]
+    eval_curve: list[list] = field(default_factory=list)  # [[step, val accuracy], ...]
     selected_step: int = 0  # the step whose parameters the model ends with
+    val_loss_curve: list[list] = field(default_factory=list)  # [[step, val loss], ...]
+    max_steps: int = 0  # the budget: steps of train.epochs (or early_stop.max_epochs)
+    stopped_at: int | None = None  # the step at which this seed's patience ran out
 
 
 class StepCache:
@@ -69,6 +72,19 @@ class StepCache:
 
 STEPS = StepCache()
 SELECTS = ("last", "best")
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Early stopping on the val loss: end a seed once ``patience`` evaluations in a row have
+    not lowered its best val loss by more than ``min_delta``, and keep its best parameters.
+    Replaces the epochs (``max_epochs``, the schedule's length) and the evaluation interval
+    (``every`` steps; 0: once an epoch) of the train config."""
+
+    patience: int
+    max_epochs: int
+    min_delta: float = 0.0
+    every: int = 0
 
 
 def _batch_arrays(view: View, teacher_view: View | None, b: Batch, targets, labels, extras) -> dict:
@@ -172,6 +188,7 @@ def train_group(
     select: str = "last",
     resume: bool = True,
     trackers: list | None = None,
+    stop: Stop | None = None,
 ) -> list[TrainResult]:
     """Train K models of one architecture, one per seed, on the same rows, in one program.
 
@@ -180,15 +197,20 @@ def train_group(
     only the rows in each batch differ). With a mesh, parameters are placed by the model's
     sharding rules (FSDP/TP) and examples split over the data and fsdp axes.
 
-    ``evaluate(graphdef, [state per seed]) -> [metric per seed]`` (higher is better) runs every
+    ``evaluate(graphdef, [state per seed]) -> [{"accuracy", "loss"} per seed]`` runs every
     ``cfg.eval_every`` steps and after the last; ``select='best'`` ends each seed with the
-    parameters of its best evaluation (the earliest on ties), ``'last'`` with the final ones.
+    parameters of its best evaluation by accuracy (the earliest on ties), ``'last'`` with the
+    final ones. With ``stop``, selection is by the lowest val loss instead, and training ends
+    when every seed's patience has run out (vmapped seeds stop together; each keeps its best).
+    A resumed run restarts the patience count at the step it resumes from.
     ``resume=False`` ignores checkpoints left in ``ckpt_dir`` (a forced rerun starts afresh).
     ``trackers`` (one ``w2s.tracking.Tracker`` or None per model) get each step's scalars at
     the reports, so tracking adds no device syncs.
     """
     if select not in SELECTS:
         raise ValueError(f"train.select '{select}' unknown; use one of {', '.join(SELECTS)}")
+    if stop is not None and evaluate is None:
+        raise ValueError("early stopping needs an evaluation on val")
     k = len(models)
     extras = extras or [{} for _ in range(k)]
     graphdef, _ = nnx.split(models[0])
@@ -202,7 +224,9 @@ def train_group(
         t_view, temperature = teachers[1], teachers[2]
     lengths = _max_lengths(view, t_view)
     per_epoch = len(epoch_batches(lengths, buckets, cfg.batch_size, seeds[0], 0))
-    total = per_epoch * cfg.epochs
+    epochs = cfg.epochs if stop is None else stop.max_epochs
+    eval_every = cfg.eval_every if stop is None else (stop.every or per_epoch)
+    total = per_epoch * epochs
     updates = max(total // max(cfg.grad_accum, 1), 1)
     tx = optimizer(cfg, lr, updates)
     tracked = None
@@ -270,25 +294,39 @@ def train_group(
     shapes_seen: set = set()
     pending = []
     curves: list[list] = [[] for _ in range(k)]
+    loss_curves: list[list] = [[] for _ in range(k)]
     best: list[tuple | None] = [None] * k  # (metric, step, host params) per seed
+    stale = [0] * k  # evaluations in a row without a better val loss
+    stopped_at: list[int | None] = [None] * k
 
     eval_s = [0.0]  # evaluation time, left out of the training throughput
 
     def run_eval(at: int, state) -> None:
         t_eval = time.perf_counter()
         states = _unstack(state, k) if k > 1 else [state]
-        for j, metric in enumerate(evaluate(graphdef, states)):
-            curves[j].append([at, float(metric)])
+        for j, scores in enumerate(evaluate(graphdef, states)):
+            acc, loss = float(scores["accuracy"]), float(scores["loss"])
+            curves[j].append([at, acc])
+            loss_curves[j].append([at, loss])
             if tracked is not None:
-                tracked.val(j, at, float(metric))
-            if select == "best" and (best[j] is None or metric > best[j][0]):
-                best[j] = (float(metric), at, jax.device_get(states[j]))
+                tracked.val(j, at, acc, loss)
+            if stop is not None:
+                if stopped_at[j] is not None:
+                    continue  # this seed is done; its best stays
+                if best[j] is None or -loss > best[j][0] + stop.min_delta:
+                    best[j], stale[j] = (-loss, at, jax.device_get(states[j])), 0
+                else:
+                    stale[j] += 1
+                    if stale[j] >= stop.patience:
+                        stopped_at[j] = at
+            elif select == "best" and (best[j] is None or acc > best[j][0]):
+                best[j] = (acc, at, jax.device_get(states[j]))
         eval_s[0] += time.perf_counter() - t_eval
 
     def plan():
         """(step, the K seeds' batches) from ``start`` on; the order is fixed by (seed, epoch)."""
         n = 0
-        for epoch in range(cfg.epochs):
+        for epoch in range(epochs):
             schedules = [epoch_batches(lengths, buckets, cfg.batch_size, s, epoch) for s in seeds]
             for i in range(len(schedules[0])):
                 n += 1
@@ -323,8 +361,10 @@ def train_group(
                 pending = []
             if manager is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 _save(manager, step, params, opt_state)
-            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+            if evaluate is not None and eval_every and step % eval_every == 0:
                 run_eval(step, params)
+                if stop is not None and all(s is not None for s in stopped_at):
+                    break
     if pending:
         _check_and_report(pending, step, bar, seen, t0, history, tracked)
     jax.block_until_ready(params)
@@ -347,7 +387,7 @@ def train_group(
         results.append(
             TrainResult(
                 params=p,
-                steps=total,
+                steps=step,
                 seconds=seconds,
                 compile_seconds=compile_s,
                 examples_per_second=seen / max(seconds - compile_s - eval_s[0], 1e-9),
@@ -355,6 +395,9 @@ def train_group(
                 history=[_seed_record(h, j, k) for h in history],
                 eval_curve=curves[j],
                 selected_step=int(chosen),
+                val_loss_curve=loss_curves[j],
+                max_steps=total,
+                stopped_at=stopped_at[j],
             )
         )
     return results
@@ -396,7 +439,7 @@ class _Tracked:
         self.trackers = trackers
         self.schedule = schedule
         self.accum = max(grad_accum, 1)
-        self.vals: dict[int, dict[int, float]] = {}  # step -> seed -> val score
+        self.vals: dict[int, dict[int, dict]] = {}  # step -> seed -> val scalars
         self.last = (time.perf_counter(), 0)  # (time, examples seen) at the last report
 
     def lr(self, steps: np.ndarray) -> np.ndarray:
@@ -404,8 +447,8 @@ class _Tracked:
         count of updates before it (``optax.MultiSteps`` counts one per grad_accum steps)."""
         return np.broadcast_to(np.asarray(self.schedule((steps - 1) // self.accum)), steps.shape)
 
-    def val(self, seed: int, step: int, score: float) -> None:
-        self.vals.setdefault(step, {})[seed] = score
+    def val(self, seed: int, step: int, score: float, loss: float) -> None:
+        self.vals.setdefault(step, {})[seed] = {"val/score": score, "val/loss": loss}
 
     def report(self, step: int, losses: np.ndarray, accuracies: np.ndarray, seen: int) -> None:
         n = len(losses)
@@ -427,8 +470,7 @@ class _Tracked:
                 }
                 if i == n - 1:  # measured between reports, over all seeds (the first: compiling)
                     values["train/examples_per_second"] = rate
-                if j in self.vals.get(s, {}):
-                    values["val/score"] = self.vals[s][j]
+                values.update(self.vals.get(s, {}).get(j, {}))
                 tracker.scalars(s, values)
         for s in [s for s in self.vals if s <= step]:
             del self.vals[s]
@@ -436,9 +478,9 @@ class _Tracked:
     def flush(self, before: int | None = None) -> None:
         """Val scores not yet sent (of steps before ``before``; all at the end of training)."""
         for s in sorted(s for s in self.vals if before is None or s < before):
-            for j, score in self.vals.pop(s).items():
+            for j, values in self.vals.pop(s).items():
                 if self.trackers[j] is not None:
-                    self.trackers[j].scalars(s, {"val/score": score})
+                    self.trackers[j].scalars(s, values)
 
 
 def _check_and_report(pending, step, bar, seen, t0, history, tracked=None):
