@@ -22,6 +22,7 @@ from analysis.pgr import (
 )
 from analysis.predictions import PredictionStore
 from analysis.runs import load_runs, resolve_group_keys
+from analysis.screen import gap_pairs, screen, screen_table
 from analysis.stats import BOOTSTRAP_SEED, GAP_SE_K, N_RESAMPLES
 from analysis.tables import (
     annotate_main_table,
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         f"unreadable predictions {d}: {e}" for d, e in sorted(store.errors().items())
     ]
 
+    screened = screen(gap_pairs(runs, store, k=args.gap_se, eps=args.gap_eps))
+    screen_tab = screen_table(screened, args.gap_se)
     main = main_table(summary, group_keys, args.gap_eps, args.n_resamples, args.gap_se)
     main = annotate_main_table(main, summary, auto_keys)
     tables = [
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         burns_table(pairs),
         cascade_table(cascades.table),
         calibration_table(cascades.calibration),
+        screen_tab,
     ]
     # across tasks: written whenever the runs cover two or more tasks
     n_tasks = pairs["task"].nunique() if not pairs.empty else 0
@@ -201,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             n_plots += len(plots.plot_loss_compare(comparison, plot_dir))
 
     if not args.quiet:
-        print(render_markdown(main))
+        # a screening (weak and ceiling runs only) has no PGR table: show its gaps instead
+        print(render_markdown(main if not pairs.empty or screened.empty else screen_tab))
     print(
         f"w2s-analyze: {report.n_loaded} runs loaded, {len(report.skipped)} skipped "
         f"(see {out / 'skipped.md'}), {len(pairs)} w2s runs, {len(summary)} groups, "

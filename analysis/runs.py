@@ -57,6 +57,10 @@ RUN_COLUMNS = (
     "selected_step",
     "n_duplicates_dropped",
     "flags",
+    "rows",
+    "steps",
+    "max_steps",
+    "stopped_at",
     "status",
     "run_dir",
 )
@@ -73,8 +77,13 @@ _NUMERIC_OPTIONAL = (
     "predict_seconds_per_example",
     "selected_step",
     "n_duplicates_dropped",
+    "steps",
+    "max_steps",
+    "stopped_at",
 )
-_STRING_OPTIONAL = ("weak_run", "ceiling_run", "previous_run", "code_version", "git_commit")
+_STRING_OPTIONAL = (
+    "weak_run", "ceiling_run", "previous_run", "code_version", "git_commit", "rows"
+)
 # Lists and dicts are kept as canonical JSON text: hashable (pandas can group and deduplicate
 # on them) and readable in the CSV outputs. `json_field` parses them back.
 _JSON_OPTIONAL = ("weak_runs", "supervisor_members", "models", "eval_curve", "flags")
