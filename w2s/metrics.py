@@ -33,3 +33,9 @@ def auroc(probs: np.ndarray, labels: np.ndarray) -> float:
         return _binary_auroc(probs[:, 1], labels == 1)
     per_class = [_binary_auroc(probs[:, c], labels == c) for c in range(probs.shape[1])]
     return float(np.nanmean(per_class))
+
+
+def soft_cross_entropy(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean −Σ t·log p over examples: the val loss early stopping watches (targets one-hot for
+    ground truth, a supervisor's probabilities for w2s runs)."""
+    return float(-np.mean(np.sum(targets * np.log(np.maximum(probs, 1e-12)), -1)))

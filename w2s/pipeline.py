@@ -28,6 +28,7 @@ from w2s.console import Console
 from w2s.data import load_task, make_splits
 from w2s.data.views import token_views
 from w2s.distributed import agree, barrier, is_lead
+from w2s.metrics import soft_cross_entropy
 from w2s.models import load_classifier
 from w2s.models.hub import resolve
 from w2s.models.stack import check_remat
@@ -335,7 +336,7 @@ class Experiment:
                 )
                 out.append({
                     "accuracy": float(np.mean(p.argmax(-1) == t.argmax(-1))),
-                    "loss": float(-np.mean(np.sum(t * np.log(np.maximum(p, 1e-12)), -1))),
+                    "loss": soft_cross_entropy(p, t),
                 })
             return out
 

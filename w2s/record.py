@@ -34,6 +34,7 @@ def run_metrics(
 ) -> dict:
     labels = task.labels
     test_labels = labels[splits["test"]]
+    stopped_early = early_stops(cfg, spec.kind)
     metrics = {
         **spec.header,
         **spec.record,
@@ -50,12 +51,12 @@ def run_metrics(
         "resumed_from": result.resumed_from,
         "trained_side_by_side": group_size,
         "loss_history": [[h["step"], round(h["loss"], 6)] for h in result.history],
-        "select": "best_val_loss" if early_stops(cfg, spec.kind) else cfg.train.select,
+        "select": "best_val_loss" if stopped_early else cfg.train.select,
         "eval_curve": result.eval_curve,
         "val_loss_curve": result.val_loss_curve,
         "selected_step": result.selected_step,
         "max_steps": result.max_steps,
-        "early_stop": early_stops(cfg, spec.kind),
+        "early_stop": stopped_early,
         "stopped_at": result.stopped_at,
         "backbone_change": backbone_change,
         "n_params": n_params,
@@ -73,7 +74,7 @@ def run_metrics(
     metrics.update(
         diagnostics.diagnose(
             result.history, probs, test_labels, task.num_labels, spec.weak_soft.get("b"),
-            val_loss_curve=result.val_loss_curve if early_stops(cfg, spec.kind) else None,
+            val_loss_curve=result.val_loss_curve if stopped_early else None,
         )
     )
     if len(splits["val"]) and "val" in probs:
