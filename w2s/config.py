@@ -176,6 +176,9 @@ class Config:
     cache_dir: str = "${oc.env:W2S_CACHE,${oc.env:HOME}/.cache/w2s}"
     force: bool = False  # recompute runs even when a finished one exists
     dry_run: bool = False  # print the memory plan and exit
+    # kinds whose trained weights are kept in their run dir (weak always: live KD reads them);
+    # add ceiling (and w2s) to serve a cascade with w2s-cascade. Not part of any run id.
+    save_weights: list[str] = field(default_factory=lambda: ["weak"])
     verbose: bool = False  # INFO logs (w2s, orbax/absl, JAX, transformers) on the console too;
     # cosmetic, so not part of any run id. The job's log file always has them.
 

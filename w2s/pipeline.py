@@ -108,6 +108,9 @@ class Experiment:
                 f"train.early_stop.runs={list(stop.runs)} stops on the val loss, but "
                 "task.n_val=0; set task.n_val or train.early_stop.runs=[]"
             )
+        unknown = sorted(set(self.cfg.save_weights) - {"weak", "ceiling", "w2s"})
+        if unknown:
+            raise ValueError(f"save_weights: unknown kind(s) {unknown}; use weak, ceiling, w2s")
         if tr.vmap_seeds > 1 and t.split_seed is None:
             raise ValueError(
                 "train.vmap_seeds > 1 trains seeds side by side on the same rows: set "
@@ -258,8 +261,7 @@ class Experiment:
         claim = self.store.claim(*((s.kind, s.rid) for s in specs)) if lead else nullcontext()
         with claim:  # parallel jobs wait here
             finished = [
-                None if self.cfg.force or not lead else self.store.finished(s.kind, s.rid)
-                for s in specs
+                None if self.cfg.force or not lead else self._reusable(s) for s in specs
             ]
             reuse = agree([f is not None for f in finished])
             out: list[dict | None] = [None] * len(specs)
@@ -296,6 +298,22 @@ class Experiment:
                     raise
             barrier("w2s-runs-recorded")  # what process 0 wrote is readable by all
             return out
+
+    def _keeps_weights(self, kind: str) -> bool:
+        return kind == "weak" or kind in self.cfg.save_weights
+
+    def _reusable(self, spec: RunSpec) -> dict | None:
+        """The finished run's metrics, unless weights it must keep are missing (trained before
+        save_weights listed its kind): then it is trained again, to the same numbers."""
+        done = self.store.finished(spec.kind, spec.rid)
+        weights = self.store.dir(spec.kind, spec.rid) / "weights"
+        if done is not None and self._keeps_weights(spec.kind) and not weights.exists():
+            log.warning(
+                "%s run %s is finished but its weights were not kept; save_weights lists %s, "
+                "so it is trained again", spec.kind, spec.rid, spec.kind,
+            )
+            return None
+        return done
 
     def _side_by_side(self, todo: list) -> list[list]:
         """Groups of up to train.vmap_seeds runs on the same rows; one program trains a group."""
@@ -398,7 +416,7 @@ class Experiment:
         )
         t = timing["test"]  # inference cost for cascades: compiling left out
         metrics["predict_seconds_per_example"] = (t["seconds"] - t["compile"]) / len(splits["test"])
-        if spec.kind == "weak":  # the supervisor's weights, for live distillation later
+        if self._keeps_weights(spec.kind):  # live distillation, w2s-cascade
             record.save_weights(model, d / "weights")  # every process: orbax writes its shards
         if is_lead():
             rows = record.prediction_rows(self.task, splits, probs, spec.weak_soft)
