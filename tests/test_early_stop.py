@@ -156,11 +156,14 @@ def test_early_stop_settings_enter_the_ids_of_the_runs_they_change(tiny_env):
     cfg = compose(tiny_overrides(tiny_env, Path("/tmp/unused")))
     other = compose(tiny_overrides(tiny_env, Path("/tmp/unused"), "train.early_stop.patience=5"))
     more_epochs = compose(tiny_overrides(tiny_env, Path("/tmp/unused"), "train.epochs=9"))
-    assert runs.train_identity(cfg, "ceiling") != runs.train_identity(other, "ceiling")
-    assert runs.train_identity(cfg, "w2s") == runs.train_identity(other, "w2s")
+    def tid(c, kind):
+        return runs.train_identity(c, kind, c.strong)
+
+    assert tid(cfg, "ceiling") != tid(other, "ceiling")
+    assert tid(cfg, "w2s") == tid(other, "w2s")
     # epochs only govern the runs that do not stop early
-    assert runs.train_identity(cfg, "ceiling") == runs.train_identity(more_epochs, "ceiling")
-    assert runs.train_identity(cfg, "w2s") != runs.train_identity(more_epochs, "w2s")
+    assert tid(cfg, "ceiling") == tid(more_epochs, "ceiling")
+    assert tid(cfg, "w2s") != tid(more_epochs, "w2s")
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -119,6 +119,9 @@ class TrainConfig:
     vmap_seeds: int = 1  # train this many seeds of one model in one compiled program
     remat: str = "none"  # none | full | dots: what each layer keeps for the backward pass
     scan_layers: bool = False  # stack the layers and lax.scan them: compile time flat in depth
+    # how parameters stored in bf16/fp16 (param_dtype) get updates smaller than their rounding:
+    # master (float32 copy in the optimizer) | kahan (compensation buffer) | stochastic (bf16)
+    low_precision_update: str = "master"
     attention: str = "xla"  # xla | cudnn
     progress: bool = True
 

@@ -23,6 +23,7 @@ from flax import nnx
 from omegaconf import OmegaConf
 
 from w2s import record, runs, supervision, tracking
+from w2s.checks import check_config
 from w2s.config import Config, ModelConfig
 from w2s.console import Console
 from w2s.data import load_task, make_splits
@@ -31,13 +32,11 @@ from w2s.distributed import agree, barrier, is_lead
 from w2s.metrics import soft_cross_entropy
 from w2s.models import load_classifier
 from w2s.models.hub import resolve
-from w2s.models.stack import check_remat
 from w2s.runs import RunSpec
 from w2s.store import RunStore, run_id
 from w2s.timing import timed
 from w2s.train.batches import fit_buckets
 from w2s.train.loop import (
-    SELECTS,
     Stop,
     View,
     predict,
@@ -66,7 +65,7 @@ class Experiment:
         self.cache_dir = Path(str(cfg.cache_dir)).expanduser()
         self.weaks: list[ModelConfig] = [cfg.weak, *cfg.extra_weak]
         self.strong: ModelConfig = cfg.strong
-        self._check()
+        check_config(cfg, jax.default_backend())  # before anything loads or trains
         self.mesh = self._mesh()
         self.buckets = fit_buckets(list(cfg.train.buckets), cfg.task.max_length)
         self.paths = {m.name: str(resolve(m.path)) for m in [*self.weaks, self.strong]}
@@ -76,52 +75,6 @@ class Experiment:
         self._models: dict[str, Loaded] = {}
         self._trackers: dict[tuple[str, str], tracking.Tracker] = {}  # open until recorded
         self.console = Console(cfg)  # one line per run: trained or reused
-
-    def _check(self) -> None:
-        """Refuse, before any run starts, settings that cannot work together."""
-        t, tr = self.cfg.task, self.cfg.train
-        for split, n in (("task.n_a", t.n_a), ("task.n_b", int(round(t.n_b * self.cfg.filter_q)))):
-            if tr.batch_size > n:
-                raise ValueError(
-                    f"train.batch_size={tr.batch_size} is larger than the {n} training examples "
-                    f"of {split}"
-                )
-        check_remat(tr.remat)
-        if tr.select not in SELECTS:
-            raise ValueError(f"train.select '{tr.select}' unknown; use one of {', '.join(SELECTS)}")
-        if tr.select == "best" and not tr.eval_every:
-            raise ValueError("train.select=best needs train.eval_every > 0 (steps between evals)")
-        stop = tr.early_stop
-        unknown = sorted(set(stop.runs) - {"weak", "ceiling", "w2s"})
-        if unknown:
-            raise ValueError(
-                f"train.early_stop.runs: unknown kind(s) {unknown}; use weak, ceiling, w2s"
-            )
-        if stop.runs and (stop.patience < 1 or stop.max_epochs < 1 or stop.every < 0):
-            raise ValueError(
-                "train.early_stop needs patience >= 1, max_epochs >= 1 and every >= 0 "
-                f"(got patience={stop.patience}, max_epochs={stop.max_epochs}, "
-                f"every={stop.every}); runs=[] turns it off"
-            )
-        if stop.runs and t.n_val < 1:
-            raise ValueError(
-                f"train.early_stop.runs={list(stop.runs)} stops on the val loss, but "
-                "task.n_val=0; set task.n_val or train.early_stop.runs=[]"
-            )
-        unknown = sorted(set(self.cfg.save_weights) - {"weak", "ceiling", "w2s"})
-        if unknown:
-            raise ValueError(f"save_weights: unknown kind(s) {unknown}; use weak, ceiling, w2s")
-        if tr.vmap_seeds > 1 and t.split_seed is None:
-            raise ValueError(
-                "train.vmap_seeds > 1 trains seeds side by side on the same rows: set "
-                "task.split_seed so that every seed shares its splits"
-            )
-        if self.cfg.loss.supervision == "live" and self.cfg.extra_weak:
-            raise ValueError(
-                "live supervision uses one weak model; extra_weak needs supervision=labels"
-            )
-        step_loss(self.cfg.loss)  # unknown names fail here, before any training
-        tracking.check(self.cfg.log)  # an enabled backend's package is missing
 
     def _mesh(self):
         """The configured mesh, or None on one device (plain jit, no sharding)."""

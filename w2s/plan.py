@@ -186,6 +186,9 @@ def format_plan(name: str, p: dict, mesh_shape: dict[str, int], device_gib: floa
 
 
 def print_plan(cfg) -> None:
+    from w2s.checks import check_config
+
+    check_config(cfg)  # a plan is for another machine: its backend is not checked here
     mesh = {k: max(int(cfg.mesh[k]), 1) for k in ("data", "fsdp", "tp")}
     p = plan(cfg.strong, cfg.train, mesh, int(cfg.task.max_length))
     print(format_plan(cfg.strong.name, p, mesh, 80.0))

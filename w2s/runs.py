@@ -132,10 +132,13 @@ def early_stops(cfg: Config, kind: str) -> bool:
     return kind in cfg.train.early_stop.runs
 
 
-def train_identity(cfg: Config, kind: str) -> dict:
-    """The train keys that can change a run of this kind. Early stopping replaces epochs,
-    eval_every and select for the kinds it lists, and does not touch the others."""
+def train_identity(cfg: Config, kind: str, m: ModelConfig) -> dict:
+    """The train keys that can change a run of this kind and model. Early stopping replaces
+    epochs, eval_every and select for the kinds it lists, and does not touch the others; the
+    low-precision update rule matters only to parameters stored below float32."""
     t = identity(cfg.train)
+    if m.param_dtype == "float32":
+        t.pop("low_precision_update")
     stop = t.pop("early_stop")
     if early_stops(cfg, kind):
         for key in ("epochs", "eval_every", "select"):
@@ -150,7 +153,7 @@ def gt_identity(cfg: Config, kind: str, m: ModelConfig, seed: int, rows: str) ->
         "kind": kind,
         "data": data_identity(cfg, seed, rows),
         "model": identity(m, labelled=True),
-        "train": train_identity(cfg, kind),
+        "train": train_identity(cfg, kind, m),
         "seed": seed,
     }
 
@@ -166,7 +169,7 @@ def w2s_identity(
         "kind": "w2s",
         "data": data_identity(cfg, seed, rows),
         "model": identity(cfg.strong, labelled=True),
-        "train": train_identity(cfg, "w2s"),
+        "train": train_identity(cfg, "w2s", cfg.strong),
         "seed": seed,
         "loss": identity(cfg.loss),
         "weak_runs": weak_runs,

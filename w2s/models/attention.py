@@ -10,6 +10,36 @@ import jax
 import jax.numpy as jnp
 
 
+IMPLEMENTATIONS = ("xla", "cudnn")
+CUDNN_DTYPES = ("bfloat16", "float16")
+
+
+def check_attention(
+    implementation: str, compute_dtypes: dict[str, str], backend: str | None = None
+) -> None:
+    """Refuse, before anything is built, an attention choice that cannot run: cuDNN's fused
+    kernel takes only bf16/fp16 inputs and runs only on NVIDIA GPUs. ``compute_dtypes`` maps a
+    config prefix (``strong``) to its compute dtype; ``backend`` None checks the dtypes alone
+    (a dry run plans for a machine it is not on)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"train.attention={implementation!r} unknown; use {' or '.join(IMPLEMENTATIONS)}"
+        )
+    if implementation != "cudnn":
+        return
+    bad = [f"{k}.compute_dtype={v}" for k, v in compute_dtypes.items() if v not in CUDNN_DTYPES]
+    if bad:
+        raise ValueError(
+            f"train.attention=cudnn needs bfloat16 or float16 compute, but {', '.join(bad)}; "
+            "set them to bfloat16 (train=gpu does) or use train.attention=xla"
+        )
+    if backend is not None and backend != "gpu":
+        raise ValueError(
+            f"train.attention=cudnn runs only on an NVIDIA GPU, and JAX's backend here is "
+            f"{backend!r}; use train.attention=xla"
+        )
+
+
 def attend(
     q: jax.Array,
     k: jax.Array,

@@ -425,6 +425,7 @@ def _train_key(cfg: TrainConfig) -> tuple:
         cfg.schedule,
         cfg.clip_norm,
         cfg.grad_accum,
+        cfg.low_precision_update,
     )
 
 

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from w2s.config import TrainConfig
+from w2s.train.precision import low_precision
 
 LossFn = Callable[[jax.Array, dict, jax.Array], jax.Array]  # w2s.train.losses.step_loss
 
@@ -38,7 +39,9 @@ def learning_rate(cfg: TrainConfig, lr: float, total_steps: int) -> optax.Schedu
 
 
 def optimizer(cfg: TrainConfig, lr: float, total_steps: int) -> optax.GradientTransformation:
-    """Clipping + the chosen optimizer on a warm-up/decay schedule, with gradient accumulation."""
+    """Clipping + the chosen optimizer on a warm-up/decay schedule, with gradient accumulation;
+    parameters stored below float32 are updated by ``train.low_precision_update``
+    (``w2s.train.precision``; float32 ones pass through)."""
     sched = learning_rate(cfg, lr, total_steps)
     if cfg.optimizer == "adam":
         opt = optax.adam(sched)
@@ -52,7 +55,7 @@ def optimizer(cfg: TrainConfig, lr: float, total_steps: int) -> optax.GradientTr
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
     if cfg.grad_accum > 1:
         opt = optax.MultiSteps(opt, every_k_schedule=cfg.grad_accum)
-    return opt
+    return low_precision(opt, cfg.low_precision_update)
 
 
 def forward(graphdef: nnx.GraphDef, params, batch: dict, prefix: str = "") -> jax.Array:

@@ -1,0 +1,71 @@
+"""Settings that cannot work together, refused before anything loads or trains.
+
+``check_config`` sees only the config (and, when it is about to run, JAX's backend), so every
+shipped preset can be validated on any machine: a dry run or a test on CPU checks a GPU preset's
+choices without executing them (``backend=None`` skips the checks that need the real machine).
+"""
+
+from __future__ import annotations
+
+from w2s import tracking
+from w2s.config import Config
+from w2s.models.attention import check_attention
+from w2s.models.stack import check_remat
+from w2s.train.loop import SELECTS
+from w2s.train.losses import step_loss
+
+KINDS = ("weak", "ceiling", "w2s")
+
+
+def compute_dtypes(cfg: Config) -> dict[str, str]:
+    """Each model's compute dtype under the config key that sets it."""
+    extra = {f"extra_weak[{i}]": m.compute_dtype for i, m in enumerate(cfg.extra_weak)}
+    return {"weak": cfg.weak.compute_dtype, **extra, "strong": cfg.strong.compute_dtype}
+
+
+def check_config(cfg: Config, backend: str | None = None) -> None:
+    """Raise ValueError with one clear line for the first setting that cannot run."""
+    t, tr = cfg.task, cfg.train
+    for split, n in (("task.n_a", t.n_a), ("task.n_b", int(round(t.n_b * cfg.filter_q)))):
+        if tr.batch_size > n:
+            raise ValueError(
+                f"train.batch_size={tr.batch_size} is larger than the {n} training examples "
+                f"of {split}"
+            )
+    check_remat(tr.remat)
+    check_attention(tr.attention, compute_dtypes(cfg), backend)
+    if tr.select not in SELECTS:
+        raise ValueError(f"train.select '{tr.select}' unknown; use one of {', '.join(SELECTS)}")
+    if tr.select == "best" and not tr.eval_every:
+        raise ValueError("train.select=best needs train.eval_every > 0 (steps between evals)")
+    stop = tr.early_stop
+    unknown = sorted(set(stop.runs) - set(KINDS))
+    if unknown:
+        raise ValueError(
+            f"train.early_stop.runs: unknown kind(s) {unknown}; use weak, ceiling, w2s"
+        )
+    if stop.runs and (stop.patience < 1 or stop.max_epochs < 1 or stop.every < 0):
+        raise ValueError(
+            "train.early_stop needs patience >= 1, max_epochs >= 1 and every >= 0 "
+            f"(got patience={stop.patience}, max_epochs={stop.max_epochs}, "
+            f"every={stop.every}); runs=[] turns it off"
+        )
+    if stop.runs and t.n_val < 1:
+        raise ValueError(
+            f"train.early_stop.runs={list(stop.runs)} stops on the val loss, but "
+            "task.n_val=0; set task.n_val or train.early_stop.runs=[]"
+        )
+    unknown = sorted(set(cfg.save_weights) - set(KINDS))
+    if unknown:
+        raise ValueError(f"save_weights: unknown kind(s) {unknown}; use weak, ceiling, w2s")
+    if tr.vmap_seeds > 1 and t.split_seed is None:
+        raise ValueError(
+            "train.vmap_seeds > 1 trains seeds side by side on the same rows: set "
+            "task.split_seed so that every seed shares its splits"
+        )
+    if cfg.loss.supervision == "live" and cfg.extra_weak:
+        raise ValueError(
+            "live supervision uses one weak model; extra_weak needs supervision=labels"
+        )
+    step_loss(cfg.loss)  # unknown names fail here, before any training
+    tracking.check(cfg.log)  # an enabled backend's package is missing
