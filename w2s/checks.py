@@ -10,6 +10,7 @@ from __future__ import annotations
 from w2s import tracking
 from w2s.config import Config
 from w2s.models.attention import check_attention
+from w2s.models.lora import GROUPS as LORA_GROUPS
 from w2s.models.stack import check_remat
 from w2s.train.loop import SELECTS
 from w2s.train.losses import step_loss
@@ -66,6 +67,21 @@ def check_config(cfg: Config, backend: str | None = None) -> None:
     if cfg.loss.supervision == "live" and cfg.extra_weak:
         raise ValueError(
             "live supervision uses one weak model; extra_weak needs supervision=labels"
+        )
+    lora = tr.lora
+    if lora.rank < 0 or lora.alpha <= 0:
+        raise ValueError(f"train.lora needs rank >= 0 and alpha > 0 (got {lora.rank}, {lora.alpha})")
+    if lora.dropout != 0:
+        raise ValueError(
+            f"train.lora.dropout={lora.dropout}: only 0 is implemented (adapters without dropout)"
+        )
+    unknown = sorted(set(lora.models) - {"weak", "strong"})
+    if unknown:
+        raise ValueError(f"train.lora.models: unknown role(s) {unknown}; use weak, strong")
+    unknown = sorted(set(lora.targets) - set(LORA_GROUPS))
+    if unknown:
+        raise ValueError(
+            f"train.lora.targets: unknown group(s) {unknown}; use {', '.join(LORA_GROUPS)}"
         )
     step_loss(cfg.loss)  # unknown names fail here, before any training
     tracking.check(cfg.log)  # an enabled backend's package is missing

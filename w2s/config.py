@@ -79,6 +79,18 @@ class LossConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA adapters (rank > 0) on the attention and/or MLP projections of the listed models'
+    backbones; the head always trains. Adapters are merged into the weights after training."""
+
+    rank: int = 0  # 0: full fine-tuning
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapter's input; only 0 is implemented
+    targets: list[str] = field(default_factory=lambda: ["attention", "mlp"])
+    models: list[str] = field(default_factory=lambda: ["strong"])  # weak and/or strong
+
+
+@dataclass
 class EarlyStopConfig:
     """Train the listed kinds of run until their val loss stops falling, under a budget.
 
@@ -113,6 +125,7 @@ class TrainConfig:
     # the supervisor's labels, weak and ceiling runs against ground truth
     select: str = "last"  # last | best: keep the final parameters or the best by that val score
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     checkpoint_every: int = 0  # steps; 0 disables checkpoints
     keep_checkpoints: bool = False  # keep a finished run's checkpoints (else removed when done)
     buckets: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])

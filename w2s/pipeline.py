@@ -30,8 +30,9 @@ from w2s.data import load_task, make_splits
 from w2s.data.views import token_views
 from w2s.distributed import agree, barrier, is_lead
 from w2s.metrics import soft_cross_entropy
-from w2s.models import load_classifier
+from w2s.models import load_classifier, lora
 from w2s.models.hub import resolve
+from w2s.models.loading import build_config
 from w2s.runs import RunSpec
 from w2s.store import RunStore, run_id
 from w2s.timing import timed
@@ -54,6 +55,7 @@ class Loaded:
     model: nnx.Module
     view: View
     n_params: int
+    family: object = None  # w2s.models.registry.Family (its LoRA targets)
 
 
 class Experiment:
@@ -107,7 +109,8 @@ class Experiment:
                 mesh=self.mesh,
             )
             n = sum(x.size for x in jax.tree.leaves(nnx.state(model.backbone, nnx.Param)))
-            self._models[m.name] = Loaded(model, self.views[m.name], int(n))
+            family = build_config(self.paths[m.name], dict(m.overrides))[1]
+            self._models[m.name] = Loaded(model, self.views[m.name], int(n), family)
         return self._models[m.name]
 
     # -- specs ---------------------------------------------------------------------------
@@ -318,6 +321,11 @@ class Experiment:
         first, d = specs[0], group[0][2]
         loaded = self.pretrained(first.model)
         models = [nnx.clone(loaded.model) for _ in specs]
+        if runs.uses_lora(self.cfg, first.kind):
+            lo = self.cfg.train.lora
+            for model, spec in zip(models, specs, strict=True):
+                lora.add(model.backbone, loaded.family, rank=lo.rank, alpha=lo.alpha,
+                         groups=list(lo.targets), seed=spec.seed)
         teachers = None
         if first.teacher is not None:
             teachers = ([s.teacher[0] for s in specs], first.teacher[1], first.teacher[2])
@@ -349,6 +357,8 @@ class Experiment:
             resume=not self.cfg.force,
             trackers=trackers if any(t is not None for t in trackers) else None,
         )
+        if runs.uses_lora(self.cfg, first.kind):  # what is predicted and kept: merged weights
+            models = [lora.merge(m) for m in models]
         return list(zip(models, results, strict=True))
 
     def _record(self, spec: RunSpec, splits, d: Path, model, result, group_size: int) -> dict:

@@ -109,8 +109,12 @@ def _bytes(x) -> int:
     return math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
 
 
-def plan(model_cfg, train_cfg, mesh_shape: dict[str, int], seq_len: int) -> dict:
-    """Bytes per device: params, grads, optimizer state, activations, and their total."""
+def plan(
+    model_cfg, train_cfg, mesh_shape: dict[str, int], seq_len: int, use_lora: bool = False
+) -> dict:
+    """Bytes per device: params, grads, optimizer state, activations, and their total. With
+    ``use_lora`` (``train.lora``), gradients and optimizer state cover the adapters alone."""
+    from w2s.models import lora
     from w2s.train.step import optimizer
 
     hf = {**hf_config(model_cfg.path), **dict(model_cfg.overrides)}
@@ -120,6 +124,9 @@ def plan(model_cfg, train_cfg, mesh_shape: dict[str, int], seq_len: int) -> dict
     module = abstract_module(
         family, cfg, dtype=jnp.dtype(model_cfg.compute_dtype), param_dtype=param_dtype
     )
+    if use_lora:
+        lo = train_cfg.lora
+        lora.add(module, family, rank=lo.rank, alpha=lo.alpha, groups=list(lo.targets), seed=0)
     flat = list(nnx.to_flat_state(nnx.state(module, nnx.Param)))
     params = {path_str(p): v.get_value() for p, v in flat}
     factors = {
@@ -128,8 +135,10 @@ def plan(model_cfg, train_cfg, mesh_shape: dict[str, int], seq_len: int) -> dict
     }
     n_params = sum(math.prod(x.shape) for x in params.values())
     p_bytes = sum(_bytes(x) / factors[k] for k, x in params.items())
+    trained = {k: x for k, x in params.items() if not use_lora or "/lora/" in f"/{k}/"}
+    g_bytes = sum(_bytes(x) / factors[k] for k, x in trained.items())
     tx = optimizer(train_cfg, 1e-5, 1000)
-    opt_state = jax.eval_shape(tx.init, params)
+    opt_state = jax.eval_shape(tx.init, trained)
     opt_bytes = 0.0
     shapes_to_factor = {x.shape: factors[k] for k, x in params.items()}
     for leaf in jax.tree.leaves(opt_state):
@@ -144,11 +153,12 @@ def plan(model_cfg, train_cfg, mesh_shape: dict[str, int], seq_len: int) -> dict
     else:
         act = layers * seq_len * b * h * (34 + 5 * heads * seq_len / h)
     act = act * act_itemsize / mesh_shape["tp"]
-    total = 2 * p_bytes + opt_bytes + act  # grads are the params' size and sharding
+    total = p_bytes + g_bytes + opt_bytes + act  # grads: the trained params' size and sharding
     return {
         "n_params": n_params,
+        "n_trained": sum(math.prod(x.shape) for x in trained.values()),
         "params": p_bytes,
-        "grads": p_bytes,
+        "grads": g_bytes,
         "optimizer": opt_bytes,
         "activations": act,
         "total": total,
@@ -173,7 +183,9 @@ def _heads(cfg) -> int:
 def format_plan(name: str, p: dict, mesh_shape: dict[str, int], device_gib: float | None) -> str:
     gib = 1024**3
     lines = [
-        f"memory plan for {name}: {p['n_params'] / 1e9:.2f} B parameters, mesh "
+        f"memory plan for {name}: {p['n_params'] / 1e9:.2f} B parameters"
+        + (f" ({p['n_trained'] / 1e6:.1f} M trained)" if p["n_trained"] < p["n_params"] else "")
+        + ", mesh "
         + " ".join(f"{k}={v}" for k, v in mesh_shape.items())
         + f", per-device batch {p['per_device_batch']}",
     ]
@@ -190,7 +202,9 @@ def print_plan(cfg) -> None:
 
     check_config(cfg)  # a plan is for another machine: its backend is not checked here
     mesh = {k: max(int(cfg.mesh[k]), 1) for k in ("data", "fsdp", "tp")}
-    p = plan(cfg.strong, cfg.train, mesh, int(cfg.task.max_length))
+    lo = cfg.train.lora
+    p = plan(cfg.strong, cfg.train, mesh, int(cfg.task.max_length),
+             use_lora=lo.rank > 0 and "strong" in lo.models)
     print(format_plan(cfg.strong.name, p, mesh, 80.0))
     if cfg.train.remat != "none" and not cfg.train.scan_layers:
         print(

@@ -132,6 +132,12 @@ def early_stops(cfg: Config, kind: str) -> bool:
     return kind in cfg.train.early_stop.runs
 
 
+def uses_lora(cfg: Config, kind: str) -> bool:
+    """Whether runs of this kind train LoRA adapters (weak runs train the weak model)."""
+    role = "weak" if kind == "weak" else "strong"
+    return cfg.train.lora.rank > 0 and role in cfg.train.lora.models
+
+
 def train_identity(cfg: Config, kind: str, m: ModelConfig) -> dict:
     """The train keys that can change a run of this kind and model. Early stopping replaces
     epochs, eval_every and select for the kinds it lists, and does not touch the others; the
@@ -139,6 +145,9 @@ def train_identity(cfg: Config, kind: str, m: ModelConfig) -> dict:
     t = identity(cfg.train)
     if m.param_dtype == "float32":
         t.pop("low_precision_update")
+    lora = t.pop("lora")
+    if uses_lora(cfg, kind):
+        t["lora"] = {k: v for k, v in lora.items() if k != "models"}
     stop = t.pop("early_stop")
     if early_stops(cfg, kind):
         for key in ("epochs", "eval_every", "select"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
 IMPLEMENTATIONS = ("xla", "cudnn")
 CUDNN_DTYPES = ("bfloat16", "float16")
 

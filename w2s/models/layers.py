@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from w2s.models.lora import delta as lora_delta
+
 # HF ``hidden_act`` / ``activation_function`` names. BERT's "gelu" is the exact erf form,
 # GPT-2's "gelu_new" the tanh approximation. The exact form is written with erf, as torch does:
 # jax.nn.gelu(approximate=False) lowers through erfc, which XLA:CPU expands into a slower
@@ -32,9 +34,15 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 class Dense(nnx.Linear):
+    """A Linear over flattened tokens; with a LoRA adapter attached (``w2s.models.lora``) it
+    adds the adapter's low-rank term."""
+
     def __call__(self, x: jax.Array) -> jax.Array:
         lead = x.shape[:-1]
-        y = super().__call__(x.reshape(-1, x.shape[-1]))
+        x2d = x.reshape(-1, x.shape[-1])
+        y = super().__call__(x2d)
+        if getattr(self, "lora", None) is not None:
+            y = y + lora_delta(self, x2d.astype(y.dtype))
         return y.reshape(*lead, y.shape[-1])
 
 

@@ -27,6 +27,8 @@ class Family:
     prefixes: tuple[str, ...]  # architecture prefixes that checkpoints may put on every key
     sharding: tuple[tuple[str, tuple[str | None, ...]], ...]  # (path regex, mesh axis per dim)
     pooling: str  # default pooling for classification: last | cls | mean
+    # LoRA target groups: (group, regex over module paths), e.g. ("mlp", r"mlp/(c_fc|c_proj)$")
+    lora_targets: tuple[tuple[str, str], ...] = ()
 
 
 # model_type in config.json -> family package

@@ -20,6 +20,7 @@ from flax import nnx
 
 from w2s.config import TrainConfig
 from w2s.distributed import is_lead, to_host
+from w2s.models import lora
 from w2s.models.sharding import batch_sharding, on_mesh, shard_state
 from w2s.train.batches import Batch, epoch_batches, eval_batches, pad_rows
 from w2s.train.step import learning_rate, make_train_step, optimizer, predict_probs
@@ -228,7 +229,10 @@ def train_group(
     eval_every = cfg.eval_every if stop is None else (stop.every or per_epoch)
     total = per_epoch * epochs
     updates = max(total // max(cfg.grad_accum, 1), 1)
-    tx = optimizer(cfg, lr, updates)
+    trained = None
+    if lora.has_adapters(models[0]):  # adapters and head train; the base stays as loaded
+        trained = lora.trainable_labels(nnx.state(models[0]))
+    tx = optimizer(cfg, lr, updates, trained)
     tracked = None
     if trackers and any(t is not None for t in trackers):
         tracked = _Tracked(trackers, learning_rate(cfg, lr, updates), cfg.grad_accum)
@@ -284,8 +288,11 @@ def train_group(
     start = 0
     if manager is not None and resume and manager.latest_step() is not None:
         start = int(manager.latest_step())
-        restored = _restore(manager, start, params, opt_state)
+        kept, frozen = _checkpointed(params, trained is not None)
+        restored = _restore(manager, start, kept, opt_state)
         params, opt_state = restored["params"], restored["opt_state"]
+        if frozen is not None:
+            params = nnx.merge_state(params, frozen)
         log.info("%s: resumed from checkpoint at step %d", desc, start)
 
     history: list[dict] = []
@@ -360,7 +367,7 @@ def train_group(
                 _check_and_report(pending, step, bar, seen, t0, history, tracked)
                 pending = []
             if manager is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                _save(manager, step, params, opt_state)
+                _save(manager, step, _checkpointed(params, trained is not None)[0], opt_state)
             if evaluate is not None and eval_every and step % eval_every == 0:
                 run_eval(step, params)
                 if stop is not None and all(s is not None for s in stopped_at):
@@ -535,6 +542,14 @@ def _checkpointer(ckpt_dir: Path, every: int):
         Path(ckpt_dir).absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
     )
+
+
+def _checkpointed(params, adapters: bool):
+    """(what a checkpoint holds, what it leaves out): with LoRA adapters, only the adapters
+    and the head; the frozen base is the pretrained model, rebuilt on resume."""
+    if not adapters:
+        return params, None
+    return nnx.split_state(params, (nnx.LoRAParam, nnx.PathContains("head")), ...)
 
 
 def _save(manager, step, params, opt_state):

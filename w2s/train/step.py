@@ -38,10 +38,14 @@ def learning_rate(cfg: TrainConfig, lr: float, total_steps: int) -> optax.Schedu
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
 
-def optimizer(cfg: TrainConfig, lr: float, total_steps: int) -> optax.GradientTransformation:
+def optimizer(
+    cfg: TrainConfig, lr: float, total_steps: int, labels=None
+) -> optax.GradientTransformation:
     """Clipping + the chosen optimizer on a warm-up/decay schedule, with gradient accumulation;
     parameters stored below float32 are updated by ``train.low_precision_update``
-    (``w2s.train.precision``; float32 ones pass through)."""
+    (``w2s.train.precision``; float32 ones pass through). ``labels`` (a pytree of
+    ``"train"``/``"frozen"`` like the parameters, ``w2s.models.lora.trainable_labels``) freezes
+    the frozen leaves: no update, no optimizer state."""
     sched = learning_rate(cfg, lr, total_steps)
     if cfg.optimizer == "adam":
         opt = optax.adam(sched)
@@ -55,7 +59,10 @@ def optimizer(cfg: TrainConfig, lr: float, total_steps: int) -> optax.GradientTr
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
     if cfg.grad_accum > 1:
         opt = optax.MultiSteps(opt, every_k_schedule=cfg.grad_accum)
-    return low_precision(opt, cfg.low_precision_update)
+    opt = low_precision(opt, cfg.low_precision_update)
+    if labels is not None:  # LoRA: only "train" leaves get updates and optimizer state
+        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
+    return opt
 
 
 def forward(graphdef: nnx.GraphDef, params, batch: dict, prefix: str = "") -> jax.Array:

@@ -12,6 +12,10 @@ FAMILY = Family(
     prefixes=params.PREFIXES,
     sharding=params.SHARDING,
     pooling="cls",
+    lora_targets=(
+        ("attention", r"attention/(query|key|value|output)$"),
+        ("mlp", r"layers/(\d+/)?(intermediate|output)$"),
+    ),
 )
 
 __all__ = ["FAMILY", "Config", "Model"]

@@ -12,6 +12,7 @@ FAMILY = Family(
     prefixes=params.PREFIXES,
     sharding=params.SHARDING,
     pooling="last",
+    lora_targets=(("attention", r"attn/(c_attn|c_proj)$"), ("mlp", r"mlp/(c_fc|c_proj)$")),
 )
 
 __all__ = ["FAMILY", "Config", "Model"]

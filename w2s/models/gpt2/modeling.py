@@ -18,6 +18,7 @@ from flax import nnx
 
 from w2s.models.attention import attend
 from w2s.models.layers import ACTIVATIONS, Dense, LayerNorm, dense_einsum
+from w2s.models.lora import delta as lora_delta
 from w2s.models.stack import check_remat, make_layers, run_layers
 
 
@@ -95,6 +96,9 @@ class Attention(nnx.Module):
         """``layer``: this block's index (an int, or traced when the layers are scanned)."""
         b, s, _ = x.shape
         qkv = dense_einsum(x, self.c_attn.kernel[...], self.c_attn.bias[...], self.dtype)
+        if getattr(self.c_attn, "lora", None) is not None:  # a LoRA adapter on the fused qkv
+            x2d = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+            qkv = qkv + lora_delta(self.c_attn, x2d).reshape(qkv.shape)
         qkv = qkv.reshape(b, s, 3, self.num_heads, self.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         scale = self.scale / (layer + 1) if self.inverse_layer_idx else self.scale

@@ -12,6 +12,10 @@ FAMILY = Family(
     prefixes=PREFIXES,
     sharding=SHARDING,
     pooling="last",
+    lora_targets=(
+        ("attention", r"self_attn/(q_proj|k_proj|v_proj|o_proj)$"),
+        ("mlp", r"mlp/(gate_proj|up_proj|down_proj)$"),
+    ),
 )
 
 __all__ = ["FAMILY", "Config", "Model"]
