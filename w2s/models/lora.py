@@ -14,6 +14,7 @@ regexes over module paths); ``train.lora.targets`` picks the groups.
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections.abc import Iterator
@@ -62,7 +63,7 @@ def add(backbone, family, *, rank: int, alpha: float, groups, seed: int) -> int:
         n_out = _out_dims(module)
         lead = kernel.shape[: kernel.ndim - 1 - n_out]  # the scanned layer axis, if any
         d_in = kernel.shape[len(lead)]
-        d_out = int(jnp.prod(jnp.array(kernel.shape[len(lead) + 1 :])))
+        d_out = math.prod(kernel.shape[len(lead) + 1 :])
         lora = nnx.LoRA(d_in, rank, d_out, dtype=module.dtype, rngs=nnx.Rngs(0))
         key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()))
         bound = 1.0 / d_in**0.5  # PEFT's default: Kaiming-uniform with a = sqrt(5)
