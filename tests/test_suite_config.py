@@ -21,7 +21,9 @@ def test_suite_sweeps_at_least_ten_distinct_bigbench_tasks():
     for t in tasks:
         cfg = compose(["+experiment=suite", f"task={t}"])
         assert cfg.task.kind == "bigbench" and len(cfg.task.classes) == 2, t
-        assert (cfg.task.n_a, cfg.task.n_b, cfg.task.n_val, cfg.task.n_test) == (500, 500, 200, 800)
+        # the suite's trimmed sizes win over the task config's own (500, 500, 200, 800; 128)
+        sizes = (cfg.task.n_a, cfg.task.n_b, cfg.task.n_val, cfg.task.n_test, cfg.task.max_length)
+        assert sizes == (400, 400, 100, 400, 64), t
         assert cfg.task.balance and cfg.seeds == [0, 1, 2]
         assert list(cfg.train.early_stop.runs) == ["weak", "ceiling"]
         names.add(cfg.task.name)
