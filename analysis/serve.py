@@ -274,8 +274,8 @@ def answer(weak: Served, strong: Served, texts: list[str], tau: float, baselines
         "deferred": deferred,
         "seconds": {"cascade": t_weak + t_strong, "weak_part": t_weak, "strong_part": t_strong},
     }
-    if baselines:
-        _, out["seconds"]["weak_only"] = _predict(weak, weak_view)
+    if baselines:  # weak-only is the cascade's own weak pass over every input
+        out["seconds"]["weak_only"] = t_weak
         out["strong_only_probs"], out["seconds"]["strong_only"] = _predict(strong, strong_view)
     return out
 

@@ -119,10 +119,3 @@ def low_precision(
 
     return optax.GradientTransformation(init, update)
 
-
-def apply_updates(params, updates):
-    """``params + updates`` added in float32, cast back to each parameter's dtype."""
-    return jax.tree.map(
-        lambda p, u: (p.astype(jnp.float32) + u.astype(jnp.float32)).astype(p.dtype),
-        params, updates,
-    )
