@@ -183,9 +183,9 @@ def load_served(run_dir: str | Path, num_labels: int, batch_size: int | None) ->
 # -- inputs ------------------------------------------------------------------------------------
 
 def _label_index(value: object, classes: list[str], where: str, row: int) -> int:
-    from w2s.data.local import _as_int
+    from w2s.data.local import as_int
 
-    k = _as_int(value)
+    k = as_int(value)
     if k is None and str(value) in classes:
         k = classes.index(str(value))
     if k is None or not 0 <= k < len(classes):

@@ -23,7 +23,7 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float | np.floating) and np.isnan(value))
 
 
-def _as_int(value: object) -> int | None:
+def as_int(value: object) -> int | None:
     """``value`` as an int if it is one, else None. Integral floats (a CSV column with a blank
     cell turns float) and digit strings (a CSV column with a non-number turns to strings) count."""
     if isinstance(value, bool | np.bool_):
@@ -41,7 +41,7 @@ def _as_int(value: object) -> int | None:
 def _labels(values: list[object], path: Path, num_labels: int | None) -> np.ndarray:
     out = np.empty(len(values), dtype=np.int64)
     for i, value in enumerate(values):
-        label = _as_int(value)
+        label = as_int(value)
         if label is None:
             raise DataError(f"{path}: row {i}: label {value!r} is not an integer")
         if label < 0:
