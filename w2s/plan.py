@@ -2,13 +2,17 @@
 
 Nothing is allocated: the module is built with ``nnx.eval_shape``, the optimizer state with
 ``jax.eval_shape(tx.init, ...)``, and each array's share per device follows the family's
-sharding rules on the configured mesh. Activations use the per-layer estimate of Korthikanti
-et al. 2022 (``s*b*h*(34 + 5*a*s/h)`` bytes at 16 bits without recomputation; only the layer
-inputs, ``2*s*b*h`` bytes per layer, with full rematerialisation).
+sharding rules on the configured mesh. Activations are what the backward pass really keeps:
+the residuals JAX saves for it, read off the traced ``jax.vjp`` of the classifier's loss at
+the per-device batch, with the configured compute dtype, remat policy, scanned layers and
+LoRA adapters; a scanned backward pass also holds one layer's cotangents, and a
+rematerialised one the recomputed layer, each counted as one layer's full residuals. ``tests/test_plan.py`` compares the totals
+with XLA's compiled memory analysis of the real train step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -145,14 +149,8 @@ def plan(
         opt_bytes += _bytes(leaf) / shapes_to_factor.get(leaf.shape, 1)
     n_data = mesh_shape["data"] * mesh_shape["fsdp"]  # the batch splits over data and fsdp
     b = max(train_cfg.batch_size // max(train_cfg.grad_accum, 1) // n_data, 1)
-    h, layers = cfg.hidden_size, _layers(cfg)
-    heads = _heads(cfg)
-    act_itemsize = jnp.dtype(model_cfg.compute_dtype).itemsize / 2  # formula is for 16 bit
-    if train_cfg.remat == "full":
-        act = layers * 2 * seq_len * b * h + seq_len * b * h * (34 + 5 * heads * seq_len / h)
-    else:
-        act = layers * seq_len * b * h * (34 + 5 * heads * seq_len / h)
-    act = act * act_itemsize / mesh_shape["tp"]
+    act = activation_bytes(family, cfg, model_cfg, train_cfg, b, seq_len, use_lora)
+    act = act / mesh_shape["tp"]
     total = p_bytes + g_bytes + opt_bytes + act  # grads: the trained params' size and sharding
     return {
         "n_params": n_params,
@@ -166,18 +164,115 @@ def plan(
     }
 
 
-def _layers(cfg) -> int:
+def _layer_key(cfg) -> str:
     for k in ("num_hidden_layers", "n_layer", "num_layers"):
         if hasattr(cfg, k):
-            return int(getattr(cfg, k))
+            return k
     raise AttributeError(f"{type(cfg).__name__} has no layer count")
 
 
-def _heads(cfg) -> int:
-    for k in ("num_attention_heads", "n_head", "num_heads"):
-        if hasattr(cfg, k):
-            return int(getattr(cfg, k))
-    raise AttributeError(f"{type(cfg).__name__} has no head count")
+def residual_bytes(graphdef: nnx.GraphDef, params, batch: dict) -> int:
+    """Bytes of the residuals ``jax.vjp`` of the training loss keeps for the backward pass:
+    the linearised function's saved arrays, less those that are its inputs (parameters, the
+    batch), which are held anyway. Traced only; nothing runs."""
+    from w2s.train.losses import step_loss
+    from w2s.train.step import batch_loss
+
+    def saved(p, batch):
+        _, pullback = jax.vjp(
+            lambda q: batch_loss(graphdef, q, batch, jnp.float32(0.5), step_loss())[0], p
+        )
+        return jax.tree.leaves(pullback)
+
+    closed = jax.make_jaxpr(saved)(params, batch)
+    inputs = {id(v) for v in closed.jaxpr.invars}
+    return sum(
+        math.prod(v.aval.shape) * jnp.dtype(v.aval.dtype).itemsize
+        for v in closed.jaxpr.outvars
+        if hasattr(v, "aval") and id(v) not in inputs and not hasattr(v, "val")
+    )
+
+
+def _graph(family, cfg, model_cfg, train_cfg, use_lora: bool, *, layers: int | None = None,
+           remat: str | None = None, scan: bool | None = None):
+    """(graphdef, abstract params) of the classifier a run trains, optionally with another
+    depth, remat policy or layer scan."""
+    from w2s.models import Classifier, lora
+
+    c = cfg if layers is None else dataclasses.replace(cfg, **{_layer_key(cfg): layers})
+
+    def build():
+        backbone = family.module(
+            c,
+            dtype=jnp.dtype(model_cfg.compute_dtype),
+            param_dtype=jnp.dtype(model_cfg.param_dtype),
+            remat=train_cfg.remat if remat is None else remat,
+            scan_layers=train_cfg.scan_layers if scan is None else scan,
+            rngs=nnx.Rngs(0),
+        )
+        if use_lora:
+            lo = train_cfg.lora
+            lora.add(backbone, family, rank=lo.rank, alpha=lo.alpha, groups=list(lo.targets),
+                     seed=0)
+        return Classifier(backbone, 2, family.pooling)
+
+    return nnx.split(nnx.eval_shape(build))
+
+
+def _batch(b: int, seq_len: int) -> dict:
+    return {
+        "input_ids": jax.ShapeDtypeStruct((b, seq_len), jnp.int32),
+        "attention_mask": jax.ShapeDtypeStruct((b, seq_len), jnp.int32),
+        "targets": jax.ShapeDtypeStruct((b, 2), jnp.float32),
+        "labels": jax.ShapeDtypeStruct((b,), jnp.int32),
+        "weight": jax.ShapeDtypeStruct((b,), jnp.float32),
+    }
+
+
+def activation_bytes(family, cfg, model_cfg, train_cfg, b: int, seq_len: int,
+                     use_lora: bool) -> int:
+    """The batch, the saved residuals of the configured model at per-device batch ``b``, and
+    the backward pass's working set, counted in layers' worth of residuals without remat (the
+    difference between a two- and a one-layer model): one for a scanned loop (its cotangents:
+    an unrolled model reuses freed residuals for them), one more under remat (the layer being
+    recomputed)."""
+    batch = _batch(b, seq_len)
+    args = (family, cfg, model_cfg, train_cfg, use_lora)
+    total = sum(_bytes(x) for x in batch.values())
+    total += residual_bytes(*_graph(*args), batch)
+    working = train_cfg.scan_layers + (train_cfg.remat != "none")  # layers' worth, 0 to 2
+    if working:
+        layer = residual_bytes(*_graph(*args, layers=2, remat="none", scan=False), batch)
+        layer -= residual_bytes(*_graph(*args, layers=1, remat="none", scan=False), batch)
+        total += working * layer
+    return total
+
+
+def xla_step_bytes(model_cfg, train_cfg, seq_len: int, use_lora: bool = False) -> dict:
+    """XLA's memory analysis of the real, donated train step compiled for this machine's
+    backend from abstract parameters (one device): what the plan is checked against."""
+    from w2s.models import lora
+    from w2s.train.losses import step_loss
+    from w2s.train.step import make_train_step, optimizer
+
+    hf = {**hf_config(model_cfg.path), **dict(model_cfg.overrides)}
+    family = family_for(hf.get("model_type"), model_cfg.path)
+    graphdef, params = _graph(family, family.config_from_hf(hf), model_cfg, train_cfg, use_lora)
+    labels = lora.trainable_labels(params) if use_lora else None
+    tx = optimizer(train_cfg, 1e-5, 1000, labels)
+    opt = jax.eval_shape(tx.init, params)
+    b = max(train_cfg.batch_size // max(train_cfg.grad_accum, 1), 1)
+    step = jax.jit(make_train_step(graphdef, tx, step_loss()), donate_argnums=(0, 1))
+    mem = step.lower(params, opt, _batch(b, seq_len), jnp.float32(0.5)).compile()
+    mem = mem.memory_analysis()
+    out = {
+        "arguments": mem.argument_size_in_bytes,
+        "outputs": mem.output_size_in_bytes,
+        "temporaries": mem.temp_size_in_bytes,
+        "aliased": mem.alias_size_in_bytes,
+    }
+    out["peak"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
+    return out
 
 
 def format_plan(name: str, p: dict, mesh_shape: dict[str, int], device_gib: float | None) -> str:

@@ -20,8 +20,11 @@ from w2s.models.lora import delta as lora_delta
 # HF ``hidden_act`` / ``activation_function`` names. BERT's "gelu" is the exact erf form,
 # GPT-2's "gelu_new" the tanh approximation. The exact form is written with erf, as torch does:
 # jax.nn.gelu(approximate=False) lowers through erfc, which XLA:CPU expands into a slower
-# two-branch polynomial.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+# two-branch polynomial. Each is recomputed in the backward pass from its input alone
+# (``jax.checkpoint``): an elementwise function is cheap to redo, and otherwise the backward
+# pass keeps its intermediates (three [B, S, 4H] arrays for GPT-2's tanh form), which XLA can
+# fuse away in an unrolled model but not across a scanned layer's boundary.
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * (2.0**-0.5))),
     "gelu_new": partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
@@ -31,6 +34,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
 }
+ACTIVATIONS = {name: jax.checkpoint(fn) for name, fn in _ACTIVATIONS.items()}
 
 
 class Dense(nnx.Linear):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from w2s.models.attention import attend
-from w2s.models.layers import Dense, RMSNorm
+from w2s.models.layers import ACTIVATIONS, Dense, RMSNorm
 from w2s.models.stack import check_remat, make_layers, run_layers
 
 _INIT = nnx.initializers.normal(0.02)  # only for modules built without a checkpoint
@@ -176,7 +176,7 @@ class MLP(nnx.Module):
         self.down_proj = _linear(i, h, cfg.mlp_bias, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(ACTIVATIONS["silu"](self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nnx.Module):
