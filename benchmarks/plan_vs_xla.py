@@ -19,12 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lora_memory import SHAPES as _REAL  # noqa: E402  the MiniLM and GPT-2-medium shapes
+
 SHAPES = {
-    "minilm": {"model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
-               "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
-               "max_position_embeddings": 512},
-    "gpt2-medium": {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024,
-                    "n_embd": 1024, "n_layer": 24, "n_head": 16},
+    **_REAL,
     "qwen2-tiny": {"model_type": "qwen2", "vocab_size": 64, "hidden_size": 64,
                    "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
                    "num_key_value_heads": 2, "max_position_embeddings": 512,
