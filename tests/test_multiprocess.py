@@ -93,4 +93,8 @@ def test_two_processes_match_one(tiny_env, tmp_path):
             assert lb[step] == pytest.approx(la[step], abs=1e-5), (kind, step)
         pa, pb = (np.stack(r[kind]["probs"]["probs"].to_numpy()) for r in (a, b))
         assert pa.shape == pb.shape and pa.shape[0] > 0
-        assert np.abs(pa - pb).max() < 1e-5, kind
+        # Cross-process all-reduces sum in another order than in-process ones, and three
+        # epochs of AdamW carry that float32 rounding into the weights: measured up to 4.2e-5
+        # on an example near p = 0.3 (2-core CPU, jax 0.10), 1e-9 on most. A wrong shard or
+        # label on one process moves probabilities by far more than 2e-4.
+        assert np.abs(pa - pb).max() < 2e-4, kind
