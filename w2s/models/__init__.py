@@ -2,7 +2,8 @@
 
 ``load_backbone(path_or_hub_id)`` returns a module called as ``backbone(input_ids,
 attention_mask)`` that gives the final hidden states, equal to transformers'
-``last_hidden_state`` for the same checkpoint.
+``last_hidden_state`` for the same checkpoint; ``load_lm`` adds the checkpoint's LM head
+(``w2s.models.lm``), for generation (``w2s.generate``) and token-level distillation.
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ import jax.numpy as jnp
 
 from w2s.models.classifier import Classifier, pool
 from w2s.models.hub import CheckpointError
+from w2s.models.lm import CausalLM, load_lm
 from w2s.models.loading import abstract_module, build_config, family_rules, load_weights
 from w2s.models.registry import MODEL_TYPES, Family, family_for
 
 __all__ = [
     "MODEL_TYPES",
+    "CausalLM",
     "CheckpointError",
     "Classifier",
     "Family",
     "family_for",
     "load_backbone",
     "load_classifier",
+    "load_lm",
     "pool",
 ]
 

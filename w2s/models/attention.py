@@ -48,12 +48,17 @@ def attend(
     causal: bool,
     implementation: str = "xla",
     scale: float | jax.Array | None = None,
+    q_positions: jax.Array | None = None,
 ) -> jax.Array:
     """q [B,T,N,H], k/v [B,S,K,H] (N a multiple of K: grouped-query), lengths [B] -> [B,T,N,H].
 
-    Logits and softmax run in float32 whatever the compute dtype. ``scale`` may be traced
-    (a per-layer scale inside scanned layers).
+    Key ``j`` is visible to row ``b`` iff ``j < lengths[b]`` and, when causal, ``j`` is at most
+    the query's position: ``0..T-1`` by default, ``q_positions`` [B,T] for queries placed into
+    a longer key cache (decoding; XLA path only). Logits and softmax run in float32 whatever
+    the compute dtype. ``scale`` may be traced (a per-layer scale inside scanned layers).
     """
+    if q_positions is not None and implementation != "xla":
+        raise ValueError("attention with query positions (a KV cache) runs on the xla path only")
     if implementation == "cudnn":
         if scale is not None and not isinstance(scale, int | float):  # cuDNN takes a static one
             q, scale = q * jnp.asarray(scale, q.dtype), 1.0
@@ -80,10 +85,36 @@ def attend(
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     logits = jnp.matmul(qh, kh.swapaxes(-1, -2), preferred_element_type=jnp.float32)
     valid = (jnp.arange(s)[None, :] < lengths[:, None])[:, None, None, :]  # [B,1,1,S]
-    if causal:  # row r of the G*T rows is query position r % T
-        query_pos = jnp.tile(jnp.arange(t), g)
-        valid = valid & (query_pos[:, None] >= jnp.arange(s)[None, :])[None, None]
+    if causal:  # row r of the G*T rows is query r % T
+        pos = jnp.arange(t)[None] if q_positions is None else q_positions  # [1 or B, T]
+        query_pos = jnp.tile(pos, (1, g))  # [1 or B, G*T]
+        valid = valid & (query_pos[:, None, :, None] >= jnp.arange(s))
     logits = logits + jnp.where(valid, 0.0, -1e30).astype(jnp.float32)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.matmul(probs, vh)  # [B,K,G*T,H]
     return out.reshape(b, kv, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def attend_cached(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    cache: tuple[jax.Array, jax.Array],
+    positions: jax.Array,
+    lengths: jax.Array,
+    *,
+    scale: float | jax.Array | None = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Write this call's k/v [B,T,K,H] into the cache (k, v [B,C,K,H]) at ``positions`` [B,T],
+    then attend causally over the cache, whose valid keys are ``j < lengths[b]``.
+
+    Right padding makes each row's cache contiguous: a prompt of length L fills slots
+    ``0..L-1`` and decoding writes slot ``L + t`` (overwriting the prompt's pad slots), so
+    ``lengths = position + 1`` is the whole mask for a decoded token.
+    """
+    kc, vc = cache
+    rows = jnp.arange(k.shape[0])[:, None]
+    kc = kc.at[rows, positions].set(k.astype(kc.dtype))
+    vc = vc.at[rows, positions].set(v.astype(vc.dtype))
+    out = attend(q, kc, vc, lengths, causal=True, scale=scale, q_positions=positions)
+    return out, (kc, vc)

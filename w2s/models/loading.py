@@ -76,15 +76,18 @@ def _targets(key_map, flat) -> dict[str, tuple[tuple, int | None]]:
     return out
 
 
-def load_weights(module, family: Family, cfg, ckpt: Path, *, mesh=None, rules=None) -> nnx.Module:
+def load_weights(
+    module, family: Family, cfg, ckpt: Path, *, mesh=None, rules=None, key_map=None
+) -> nnx.Module:
     """Fill an abstract module from the checkpoint's safetensors files.
 
-    ``rules``: sharding rules matching the module's layout (default: the family's, unrolled).
+    ``rules``: sharding rules matching the module's layout (default: the family's, unrolled);
+    ``key_map``: HF key -> parameter path of ``module`` (default: the family's backbone map).
     """
     rules = family.sharding if rules is None else rules
     graphdef, state = nnx.split(module)
     flat = dict(nnx.to_flat_state(state))
-    key_map = family.key_map(cfg)
+    key_map = family.key_map(cfg) if key_map is None else key_map
     targets = _targets(key_map, flat)
     unmapped = sorted(path_str(p) for p in set(flat) - {path for path, _ in targets.values()})
     if unmapped:  # a bug in the family's key map, not in the checkpoint

@@ -29,6 +29,10 @@ class Family:
     pooling: str  # default pooling for classification: last | cls | mean
     # LoRA target groups: (group, regex over module paths), e.g. ("mlp", r"mlp/(c_fc|c_proj)$")
     lora_targets: tuple[tuple[str, str], ...] = ()
+    # causal LMs (``w2s.models.lm``): the token embedding module, which a tied LM head reuses
+    # ("" for encoder-only families), and whether heads are tied when config.json does not say
+    embedding: str = ""
+    tied_default: bool = True
 
 
 # model_type in config.json -> family package

@@ -94,6 +94,33 @@ def run_layers(layers, x: jax.Array, *args, scan: bool, remat: str, index: bool 
     return x
 
 
+def run_layers_cached(layers, x: jax.Array, cache, *args, scan: bool, index: bool = False):
+    """``x`` through every block's ``extend`` with its slice of a KV cache (decoding):
+    ``x, c = block.extend(x, *args[, i], c)``. ``cache`` is a list of per-layer caches
+    unrolled, one pytree with a leading layer axis scanned; returns ``(x, cache)`` alike.
+    No remat: nothing here is differentiated."""
+    if not scan:
+        out = []
+        for i, (block, c) in enumerate(zip(layers, cache, strict=True)):
+            x, c = block.extend(x, *args, *((i,) if index else ()), c)
+            out.append(c)
+        return x, out
+
+    graphdef, state = nnx.split(layers)
+
+    def body(x, xs):
+        s, c, i = xs
+        return nnx.merge(graphdef, s).extend(x, *args, *((i,) if index else ()), c)
+
+    steps = jnp.arange(num_layers(layers), dtype=jnp.int32)
+    return jax.lax.scan(body, x, (state, cache, steps))
+
+
+def stack_cache(per_layer: list, scan: bool):
+    """A cache in ``run_layers_cached``'s layout from one cache per layer."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if scan else per_layer
+
+
 # A rule's "<container>/\d+/" names one layer; the stacked parameter drops the index and adds
 # an unsplit layer axis in front.
 _LAYER_INDEX = re.compile(r"/\\d\+/")

@@ -12,6 +12,8 @@ FAMILY = Family(
     prefixes=params.PREFIXES,
     sharding=params.SHARDING,
     pooling="last",
+    embedding="wte",
+    tied_default=True,  # transformers' GPT2Config default
     lora_targets=(("attention", r"attn/(c_attn|c_proj)$"), ("mlp", r"mlp/(c_fc|c_proj)$")),
 )
 

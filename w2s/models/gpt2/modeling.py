@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from w2s.models.attention import attend
+from w2s.models.attention import attend, attend_cached
 from w2s.models.layers import ACTIVATIONS, Dense, LayerNorm, dense_einsum
 from w2s.models.lora import delta as lora_delta
-from w2s.models.stack import check_remat, make_layers, run_layers
+from w2s.models.stack import check_remat, make_layers, run_layers, run_layers_cached, stack_cache
 
 
 def _pick(d: dict, *names: str, default=None):
@@ -92,18 +92,31 @@ class Attention(nnx.Module):
         self.attention = attention
         self.dtype = dtype
 
-    def __call__(self, x: jax.Array, lengths: jax.Array, layer) -> jax.Array:
-        """``layer``: this block's index (an int, or traced when the layers are scanned)."""
+    def _qkv(self, x: jax.Array):
         b, s, _ = x.shape
         qkv = dense_einsum(x, self.c_attn.kernel[...], self.c_attn.bias[...], self.dtype)
         if getattr(self.c_attn, "lora", None) is not None:  # a LoRA adapter on the fused qkv
             x2d = x.reshape(-1, x.shape[-1]).astype(self.dtype)
             qkv = qkv + lora_delta(self.c_attn, x2d).reshape(qkv.shape)
         qkv = qkv.reshape(b, s, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        scale = self.scale / (layer + 1) if self.inverse_layer_idx else self.scale
-        out = attend(q, k, v, lengths, causal=True, implementation=self.attention, scale=scale)
-        return self.c_proj(out.reshape(b, s, -1))
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+    def _scale(self, layer):
+        return self.scale / (layer + 1) if self.inverse_layer_idx else self.scale
+
+    def __call__(self, x: jax.Array, lengths: jax.Array, layer) -> jax.Array:
+        """``layer``: this block's index (an int, or traced when the layers are scanned)."""
+        q, k, v = self._qkv(x)
+        out = attend(
+            q, k, v, lengths, causal=True, implementation=self.attention, scale=self._scale(layer)
+        )
+        return self.c_proj(out.reshape(*x.shape[:2], -1))
+
+    def extend(self, x, positions, lengths, layer, cache):
+        """Tokens at ``positions`` [B,T] against a KV cache (``attend_cached``)."""
+        q, k, v = self._qkv(x)
+        out, cache = attend_cached(q, k, v, cache, positions, lengths, scale=self._scale(layer))
+        return self.c_proj(out.reshape(*x.shape[:2], -1)), cache
 
 
 class MLP(nnx.Module):
@@ -132,6 +145,11 @@ class Block(nnx.Module):
     def __call__(self, x: jax.Array, lengths: jax.Array, layer) -> jax.Array:
         x = x + self.attn(self.ln_1(x), lengths, layer)
         return x + self.mlp(self.ln_2(x))
+
+    def extend(self, x, positions, lengths, layer, cache):
+        h, cache = self.attn.extend(self.ln_1(x), positions, lengths, layer, cache)
+        x = x + h
+        return x + self.mlp(self.ln_2(x)), cache
 
 
 class Model(nnx.Module):
@@ -165,14 +183,35 @@ class Model(nnx.Module):
         )
         self.ln_f = LayerNorm(cfg.hidden_size, cfg.eps, dtype=dtype, param_dtype=param_dtype)
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        if input_ids.shape[1] > self.config.max_positions:  # jnp.take would fill with NaN
+    def _check_length(self, s: int) -> None:
+        if s > self.config.max_positions:  # jnp.take would fill with NaN
             raise ValueError(
-                f"gpt2: sequence length {input_ids.shape[1]} exceeds n_positions "
-                f"{self.config.max_positions}"
+                f"gpt2: sequence length {s} exceeds n_positions {self.config.max_positions}"
             )
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        self._check_length(input_ids.shape[1])
         lengths = attention_mask.sum(-1)
         positions = jnp.arange(input_ids.shape[1])
         x = self.wte(input_ids) + self.wpe(positions)[None]
         x = run_layers(self.h, x, lengths, scan=self.scan_layers, remat=self.remat, index=True)
         return self.ln_f(x)
+
+    def init_cache(self, batch: int, capacity: int, dtype=None):
+        """An empty KV cache for ``batch`` rows of up to ``capacity`` tokens (prompt + new)."""
+        cfg = self.config
+        self._check_length(capacity)
+        shape = (batch, capacity, cfg.num_heads, cfg.head_dim)
+        dtype = dtype or self.wte.dtype
+        layer = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return stack_cache([layer] * cfg.num_layers, self.scan_layers)
+
+    def extend(self, input_ids, positions, lengths, cache):
+        """Hidden states [B,T,H] of tokens ``input_ids`` [B,T] at ``positions`` [B,T], each row
+        seeing cached keys ``j < lengths[b]`` up to its own position; returns the cache with
+        these tokens written."""
+        x = self.wte(input_ids) + self.wpe(positions)
+        x, cache = run_layers_cached(
+            self.h, x, cache, positions, lengths, scan=self.scan_layers, index=True
+        )
+        return self.ln_f(x), cache

@@ -12,6 +12,8 @@ FAMILY = Family(
     prefixes=PREFIXES,
     sharding=SHARDING,
     pooling="last",
+    embedding="embed_tokens",
+    tied_default=False,  # transformers' LlamaConfig / Qwen2Config / MistralConfig default
     lora_targets=(
         ("attention", r"self_attn/(q_proj|k_proj|v_proj|o_proj)$"),
         ("mlp", r"mlp/(gate_proj|up_proj|down_proj)$"),

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from w2s.models.attention import attend
+from w2s.models.attention import attend, attend_cached
 from w2s.models.layers import ACTIVATIONS, Dense, RMSNorm
-from w2s.models.stack import check_remat, make_layers, run_layers
+from w2s.models.stack import check_remat, make_layers, run_layers, run_layers_cached, stack_cache
 
 _INIT = nnx.initializers.normal(0.02)  # only for modules built without a checkpoint
 
@@ -111,20 +111,26 @@ class Config:
         )
 
 
-def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos, sin [S, head_dim] in float32 for positions 0..S-1 (frequencies repeated twice)."""
+def rope_tables(positions, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [..., head_dim] in float32 (frequencies repeated twice) for ``positions``: an
+    int S for 0..S-1 (shape [S, D]), or an int array of positions such as [B, T] (decoding)."""
+    if isinstance(positions, int):
+        positions = jnp.arange(positions)
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    angles = jnp.asarray(positions, jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate x [B,S,N,D] by position; HF pairs dim i with i + D/2 ("rotate_half")."""
+    """Rotate x [B,S,N,D] by position (cos/sin [S,D] or [B,S,D]); HF pairs dim i with
+    i + D/2 ("rotate_half")."""
     xf = x.astype(jnp.float32)
     x1, x2 = jnp.split(xf, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    if cos.ndim == 2:
+        cos, sin = cos[None], sin[None]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     return (xf * cos + rotated * sin).astype(x.dtype)
 
 
@@ -155,14 +161,26 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, d
         self.attention = attention
 
-    def __call__(self, x, cos, sin, lengths) -> jax.Array:
+    def _qkv(self, x, cos, sin):
         b, s, _ = x.shape
         q = self.q_proj(x).reshape(b, s, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, s, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, s, self.num_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attend(q, k, v, lengths, causal=True, implementation=self.attention)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _out(self, out):
+        b, s = out.shape[:2]
         return self.o_proj(out.reshape(b, s, self.num_heads * self.head_dim))
+
+    def __call__(self, x, cos, sin, lengths) -> jax.Array:
+        q, k, v = self._qkv(x, cos, sin)
+        return self._out(attend(q, k, v, lengths, causal=True, implementation=self.attention))
+
+    def extend(self, x, cos, sin, positions, lengths, cache):
+        """Tokens at ``positions`` [B,T] against a KV cache (``attend_cached``)."""
+        q, k, v = self._qkv(x, cos, sin)
+        out, cache = attend_cached(q, k, v, cache, positions, lengths)
+        return self._out(out), cache
 
 
 class MLP(nnx.Module):
@@ -192,6 +210,13 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x, cos, sin, lengths) -> jax.Array:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, lengths)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def extend(self, x, cos, sin, positions, lengths, cache):
+        h, cache = self.self_attn.extend(
+            self.input_layernorm(x), cos, sin, positions, lengths, cache
+        )
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
 class Model(nnx.Module):
@@ -227,6 +252,15 @@ class Model(nnx.Module):
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
 
+    def _check_window(self, s: int) -> None:
+        cfg = self.config
+        if cfg.sliding_window is not None and s > cfg.sliding_window:
+            raise ValueError(
+                f"sequence length {s} exceeds the sliding window {cfg.sliding_window} of this "
+                f"{cfg.model_type} checkpoint; sliding-window attention is not implemented, "
+                f"so truncate inputs to at most {cfg.sliding_window} tokens"
+            )
+
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """input_ids, attention_mask [B,S] (right-padded) -> hidden states [B,S,H].
 
@@ -235,14 +269,31 @@ class Model(nnx.Module):
         """
         cfg = self.config
         s = input_ids.shape[1]
-        if cfg.sliding_window is not None and s > cfg.sliding_window:
-            raise ValueError(
-                f"sequence length {s} exceeds the sliding window {cfg.sliding_window} of this "
-                f"{cfg.model_type} checkpoint; sliding-window attention is not implemented, "
-                f"so truncate inputs to at most {cfg.sliding_window} tokens"
-            )
+        self._check_window(s)
         lengths = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
         cos, sin = rope_tables(s, cfg.head_dim, cfg.rope_theta)
         x = self.embed_tokens(input_ids)
         x = run_layers(self.layers, x, cos, sin, lengths, scan=self.scan_layers, remat=self.remat)
         return self.norm(x)
+
+    def init_cache(self, batch: int, capacity: int, dtype=None):
+        """An empty KV cache for ``batch`` rows of up to ``capacity`` tokens (prompt + new)."""
+        cfg = self.config
+        self._check_window(capacity)
+        shape = (batch, capacity, cfg.num_key_value_heads, cfg.head_dim)
+        dtype = dtype or self.embed_tokens.dtype
+        layer = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return stack_cache([layer] * cfg.num_hidden_layers, self.scan_layers)
+
+    def extend(self, input_ids, positions, lengths, cache):
+        """Hidden states [B,T,H] of tokens ``input_ids`` [B,T] at ``positions`` [B,T], each row
+        seeing cached keys ``j < lengths[b]`` up to its own position; returns the cache with
+        these tokens written. A prompt is one call (positions 0..S-1), each new token one more.
+        """
+        cfg = self.config
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        x = self.embed_tokens(input_ids)
+        x, cache = run_layers_cached(
+            self.layers, x, cache, cos, sin, positions, lengths, scan=self.scan_layers
+        )
+        return self.norm(x), cache
