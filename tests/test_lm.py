@@ -29,22 +29,45 @@ CASES = {
     "gpt2_tied": (
         "GPT2LMHeadModel",
         "GPT2Config",
-        dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-             initializer_range=INIT, bos_token_id=1, eos_token_id=2),
+        dict(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            initializer_range=INIT,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
     ),
     "llama_untied_gqa": (
         "LlamaForCausalLM",
         "LlamaConfig",
-        dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-             initializer_range=INIT),
+        dict(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            initializer_range=INIT,
+        ),
     ),
     "qwen2_tied": (
         "Qwen2ForCausalLM",
         "Qwen2Config",
-        dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-             rope_theta=1e6, initializer_range=INIT),
+        dict(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            rope_theta=1e6,
+            initializer_range=INIT,
+        ),
     ),
 }
 
@@ -55,15 +78,18 @@ def lms(tmp_path_factory):
     out = {}
     for name, (model_cls, config_cls, kw) in CASES.items():
         config = getattr(transformers, config_cls)(**kw)
-        out[name] = save_tiny(getattr(transformers, model_cls), config,
-                              tmp_path_factory.mktemp(name))
+        out[name] = save_tiny(
+            getattr(transformers, model_cls), config, tmp_path_factory.mktemp(name)
+        )
     return out
 
 
 def _torch_logits(model, ids, mask):
     with torch.no_grad():
-        return model(input_ids=torch.as_tensor(ids, dtype=torch.long),
-                     attention_mask=torch.as_tensor(mask, dtype=torch.long)).logits.numpy()
+        return model(
+            input_ids=torch.as_tensor(ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(mask, dtype=torch.long),
+        ).logits.numpy()
 
 
 def _torch_greedy(model, ids, mask, new, eos=None):
@@ -72,10 +98,14 @@ def _torch_greedy(model, ids, mask, new, eos=None):
     for b in range(len(ids)):
         n = int(mask[b].sum())
         with torch.no_grad():
-            out = model.generate(torch.as_tensor(ids[b : b + 1, :n], dtype=torch.long),
-                                 attention_mask=torch.ones(1, n, dtype=torch.long),
-                                 max_new_tokens=new, do_sample=False, eos_token_id=eos,
-                                 pad_token_id=0 if eos is None else eos)
+            out = model.generate(
+                torch.as_tensor(ids[b : b + 1, :n], dtype=torch.long),
+                attention_mask=torch.ones(1, n, dtype=torch.long),
+                max_new_tokens=new,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=0 if eos is None else eos,
+            )
         rows.append(out[0, n:].numpy())
     return rows
 
@@ -136,8 +166,9 @@ def test_cached_decoding_equals_full_recompute(name, temperature, lms):
     _, ckpt = lms[name]
     ids, mask = right_padded(VOCAB, LENGTHS, seed=3)
     lm = load_lm(str(ckpt), scan_layers=True)
-    tokens, logps = generate(lm, ids, mask, NEW, temperature=temperature, seed=5,
-                             return_logprobs=True)
+    tokens, logps = generate(
+        lm, ids, mask, NEW, temperature=temperature, seed=5, return_logprobs=True
+    )
     tokens, logps = np.asarray(tokens), np.asarray(logps)
     for b, n in enumerate(LENGTHS):
         seq = np.concatenate([ids[b, :n], tokens[b]])[None]
@@ -186,8 +217,13 @@ def test_bad_inputs_refused(lms, tmp_path):
     with pytest.raises(ValueError, match="n_positions"):
         generate(lm, ids, mask, 60)  # 16-token bucket + 60 > 64 positions
 
-    bert = transformers.BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
-                                   num_attention_heads=2, intermediate_size=32)
+    bert = transformers.BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     _, bert_dir = save_tiny(transformers.BertModel, bert, tmp_path / "bert")
     with pytest.raises(ValueError, match="not a causal LM"):
         load_lm(str(bert_dir))

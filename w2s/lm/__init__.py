@@ -1,0 +1,1 @@
+"""Language-model weak-to-strong: token-level distillation and (next) generative tasks."""
