@@ -89,15 +89,12 @@ def test_special_cases(logits):
 def test_gradient_matches_finite_differences(kind, logits):
     s, t, mask = logits
     with jax.enable_x64(True):
-        f = lambda x: token_divergence(
-            x,
-            jnp.asarray(t),
-            jnp.asarray(mask),
-            kind,
-            1.7,  # noqa: E731
-            beta=0.4,
-            skew=0.15,
-        )
+
+        def f(x):
+            return token_divergence(
+                x, jnp.asarray(t), jnp.asarray(mask), kind, 1.7, beta=0.4, skew=0.15
+            )
+
         x = jnp.asarray(s, jnp.float64)
         g = np.asarray(jax.grad(f)(x))
         rng = np.random.default_rng(1)
