@@ -18,8 +18,9 @@ def table_suffix(path: Path) -> str | None:
     return next((s for s in SUFFIXES if name.endswith(s)), None)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read one data file into a DataFrame; the format comes from the extension."""
+def read_table(path: str | Path, csv_dtype=None) -> pd.DataFrame:
+    """Read one data file into a DataFrame; the format comes from the extension.
+    ``csv_dtype=str`` keeps a CSV's cells as written (``5`` stays the string ``"5"``)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} not found")
@@ -32,7 +33,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 return pd.DataFrame()
             return pd.read_json(path, lines=True, dtype=False)
         if suffix == ".csv":
-            return pd.read_csv(path, keep_default_na=False, na_values=[""])
+            return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=csv_dtype)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except ValueError as err:  # malformed JSON and the like

@@ -1,0 +1,113 @@
+"""Generative task files, chat formatting and response-only SFT tokenization."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from w2s.data.tasks import DataError
+from w2s.lm.data import (
+    format_prompts,
+    read_bigbench_generative,
+    read_local_generative,
+    sft_tokenize,
+)
+
+TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "</s>",
+        "<user>",
+        "<assistant>",
+        "what",
+        "is",
+        "2",
+        "+",
+        "3",
+        "?",
+        "5",
+        "four",
+        "six",
+    ]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="</s>")
+    fast.chat_template = TEMPLATE
+    return fast
+
+
+def test_sft_tokens_and_loss_mask(tokenizer):
+    prompts = format_prompts(tokenizer, ["what is 2 + 3 ?", "what is 5 ?"])
+    assert prompts[0] == "<user> what is 2 + 3 ? </s> <assistant> "
+    batch = sft_tokenize(tokenizer, prompts, ["5", "five six"], 12, eos_id=2)
+    v = tokenizer.get_vocab()
+    row0 = [v[w] for w in "<user> what is 2 + 3 ? </s> <assistant> 5".split()] + [2]
+    np.testing.assert_array_equal(batch.input_ids[0, :11], row0)
+    assert batch.input_ids[0, 11] == 0 and batch.attention_mask[0].sum() == 11
+    np.testing.assert_array_equal(np.flatnonzero(batch.loss_mask[0]), [9, 10])  # "5", EOS
+    assert batch.prompt_lengths.tolist() == [9, 7]
+    assert batch.loss_mask[1].sum() == 3 and batch.truncated == 0  # [UNK] six </s>
+    raw = format_prompts(tokenizer, ["what is 5 ?"], chat=False)
+    assert raw == ["what is 5 ?"]
+
+
+def test_truncation_and_refusal(tokenizer):
+    p = format_prompts(tokenizer, ["what is 2 + 3 ?"])
+    batch = sft_tokenize(tokenizer, p, ["5 5 5 5"], 11, eos_id=2)
+    assert batch.truncated == 1 and batch.loss_mask[0].sum() == 2
+    with pytest.raises(DataError, match="row 0: the prompt has 9 tokens"):
+        sft_tokenize(tokenizer, p, ["5"], 9, eos_id=2)
+    with pytest.raises(ValueError, match="no chat_template"):
+        format_prompts(type("T", (), {"chat_template": None})(), ["x"], chat=True)
+
+
+def test_local_file_and_errors(tmp_path):
+    rows = [
+        {"id": "a", "prompt": "2+3?", "response": "5", "answers": ["five"]},
+        {"id": "b", "prompt": "1+1?", "response": "2", "answers": []},
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = read_local_generative(path)
+    assert data.ids == ["a", "b"] and data.answers == [["5", "five"], ["2"]]
+    csv = tmp_path / "t.csv"
+    pd.DataFrame([{**rows[0], "answers": json.dumps(["five"])}]).to_csv(csv, index=False)
+    assert read_local_generative(csv).answers == [["5", "five"]]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "response": ""}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl: row 0: response"):
+        read_local_generative(bad)
+    missing = tmp_path / "m.jsonl"
+    missing.write_text(json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(DataError, match="missing column 'response'"):
+        read_local_generative(missing)
+
+
+def test_bigbench_targets(tmp_path):
+    task = {
+        "examples": [
+            {"input": "2+2", "target": ["4", "four"]},
+            {"input": "1+1", "target": "2"},
+            {"input": "x", "target_scores": {"a": 0, "b": 1}},
+        ]
+    }
+    path = tmp_path / "arith" / "task.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(task))
+    data = read_bigbench_generative(path)
+    assert data.name == "arith" and data.responses == ["4", "2", "b"]
+    assert data.answers == [["4", "four"], ["2"], ["b"]]
