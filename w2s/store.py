@@ -48,6 +48,11 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def write_parquet(path: Path, frame) -> None:
+    """A DataFrame to ``path``, all or nothing (a temp file renamed into place)."""
+    _atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
 def write_json(path: Path, obj: Any) -> None:
     def w(tmp):
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable))
@@ -120,7 +125,7 @@ class RunStore:
         return d
 
     def finish(self, d: Path, metrics: dict, predictions: pd.DataFrame) -> None:
-        _atomic_write(d / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
+        write_parquet(d / "predictions.parquet", predictions)
         write_json(d / "metrics.json", {**metrics, "status": "done"})
 
     def fail(self, d: Path, header: dict, error: BaseException) -> None:
