@@ -111,3 +111,34 @@ def compose(overrides: list[str]):
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
+
+
+# -- a tiny causal LM with a word-level tokenizer (LM tests) --
+
+LM_WORDS = ["[PAD]", "[UNK]", "</s>"] + [f"w{i}" for i in range(45)]
+
+
+@pytest.fixture(scope="session")
+def word_lm(tmp_path_factory):
+    """(checkpoint dir of a tiny random Llama LM, word-level tokenizer over LM_WORDS, ids 0-2
+    special). Load the LM in each test: training donates its arrays."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.helpers import save_tiny
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(LM_WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="</s>")
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(LM_WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.15,
+    )
+    _, d = save_tiny(transformers.LlamaForCausalLM, cfg, tmp_path_factory.mktemp("gen"), seed=3)
+    return d, fast

@@ -7,34 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import save_tiny
+from tests.conftest import LM_WORDS as WORDS
 from w2s.generate import generate
 from w2s.lm.generations import answer, generations_frame, write_generations
 from w2s.models import load_lm
-
-transformers = pytest.importorskip("transformers")
-WORDS = ["[PAD]", "[UNK]", "</s>"] + [f"w{i}" for i in range(45)]
-
-
-@pytest.fixture(scope="module")
-def lm_and_tokenizer(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="</s>")
-    cfg = transformers.LlamaConfig(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.15,
-    )
-    _, d = save_tiny(transformers.LlamaForCausalLM, cfg, tmp_path_factory.mktemp("gen"), seed=3)
-    return load_lm(str(d)), fast
 
 
 def _prompts(n=7, seed=0):
@@ -44,8 +20,9 @@ def _prompts(n=7, seed=0):
     ]
 
 
-def test_answers_in_order_and_consistent(lm_and_tokenizer):
-    lm, tok = lm_and_tokenizer
+def test_answers_in_order_and_consistent(word_lm):
+    d, tok = word_lm
+    lm = load_lm(str(d))
     prompts = _prompts()
     eos = 2
     got = answer(lm, tok, prompts, max_new_tokens=8, eos_id=eos, batch_size=3)
@@ -63,8 +40,9 @@ def test_answers_in_order_and_consistent(lm_and_tokenizer):
         assert a["confidence"] == pytest.approx(np.mean(a["token_logprobs"]))
 
 
-def test_samples_reproducible_and_frame(lm_and_tokenizer, tmp_path):
-    lm, tok = lm_and_tokenizer
+def test_samples_reproducible_and_frame(word_lm, tmp_path):
+    d, tok = word_lm
+    lm = load_lm(str(d))
     prompts = _prompts(4, seed=1)
     kw = dict(max_new_tokens=6, eos_id=2, samples=2, temperature=1.0, seed=11)
     a, b = answer(lm, tok, prompts, **kw), answer(lm, tok, prompts, **kw)

@@ -1,0 +1,66 @@
+"""SFT through train_lm then evaluate: a tiny LM learns a word-level task's references and exact
+match / reference NLL move the way they must."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from w2s.config import TrainConfig
+from w2s.lm.data import sft_tokenize
+from w2s.lm.train import _take, evaluate, reference_nll, train_lm
+from w2s.models import load_lm
+
+
+def _task(n=10, seed=0):
+    rng = np.random.default_rng(seed)
+    prompts, responses = [], []
+    for _ in range(n):
+        a, b = rng.integers(3, 45, 2)
+        prompts.append(f"w{a} w{b} w0")
+        responses.append(f"w{b} w{a}")
+    return prompts, responses
+
+
+def test_sft_then_evaluate(word_lm):
+    d, tok = word_lm
+    lm = load_lm(str(d))
+    prompts, responses = _task()
+    answers = [[r] for r in responses]
+    kw = dict(max_length=12, max_new_tokens=4, eos_id=2)
+    before = evaluate(lm, tok, prompts, responses, answers, **kw)
+    rows = sft_tokenize(tok, prompts, responses, 12, eos_id=2)
+    cfg = dataclasses.replace(
+        TrainConfig(),
+        batch_size=4,
+        epochs=40,
+        warmup_frac=0.0,
+        schedule="constant",
+        optimizer="adam",
+        clip_norm=0.0,
+    )
+    result = train_lm(lm, rows, cfg, lr=3e-3, seed=0)
+    assert len(result.loss_history) == 40 * 3  # 10 rows in batches of 4, the last padded
+    after = evaluate(result.lm, tok, prompts, responses, answers, **kw)
+    print(
+        f"\nexact match {before['exact_match']:.2f} -> {after['exact_match']:.2f}, "
+        f"nll {before['nll']:.2f} -> {after['nll']:.3f}"
+    )
+    assert before["exact_match"] < 0.5 and after["exact_match"] == 1.0
+    assert after["nll"] < 0.1 < 2.0 < before["nll"]
+    assert after["texts"] == responses and all(after["correct"])
+    nll = reference_nll(result.lm, rows)
+    assert nll.shape == (10,) and after["nll"] == pytest.approx(nll.mean())
+
+
+def test_padding_rows_carry_no_loss(word_lm):
+    _, tok = word_lm
+    prompts, responses = _task(3)
+    rows = sft_tokenize(tok, prompts, responses, 12, eos_id=2)
+    b = _take(rows, np.array([2, -1, 0]))
+    assert (
+        np.asarray(b["loss_mask"])[1].sum() == 0 and np.asarray(b["attention_mask"])[1].sum() == 0
+    )
+    np.testing.assert_array_equal(np.asarray(b["input_ids"])[0], rows.input_ids[2])
