@@ -1,0 +1,82 @@
+"""LM weak -> ceiling -> w2s on a tiny word task: the w2s runs learn from the weak answers alone.
+
+The weak model is under-trained so its answers to B are mostly wrong; a dsft student then
+reproduces those wrong answers (it never saw B's references) while the ceiling learns the
+references, which is what "supervised only by the weak model" means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from analysis.pgr import pgr
+from w2s.config import TrainConfig
+from w2s.lm.metrics import exact_match_rate
+from w2s.lm.runs import LMSettings, Split, ceiling_run, w2s_run, weak_run
+from w2s.lm.step import KD
+from w2s.models import load_lm
+
+
+def _split(n, seed):
+    rng = np.random.default_rng(seed)
+    prompts, responses = [], []
+    for _ in range(n):
+        a, b = rng.integers(3, 45, 2)
+        prompts.append(f"w{a} w{b} w0")
+        responses.append(f"w{b} w{a}")
+    return Split(prompts, responses, [[r] for r in responses])
+
+
+@pytest.fixture(scope="module")
+def runs(word_lm):
+    d, tok = word_lm
+    a, b, test = _split(8, 0), _split(10, 1), _split(10, 1)  # test = B: memorisation is the skill
+    train = dataclasses.replace(
+        TrainConfig(),
+        batch_size=5,
+        epochs=40,
+        warmup_frac=0.0,
+        schedule="constant",
+        optimizer="adam",
+        clip_norm=0.0,
+    )
+    s = LMSettings(
+        train=train,
+        weak_lr=3e-3,
+        strong_lr=3e-3,
+        max_length=12,
+        max_new_tokens=4,
+        eos_id=2,
+        kd=KD("fkl"),
+    )
+
+    def load():  # a fresh model per run: training donates its arrays
+        return load_lm(str(d))
+
+    weak = weak_run(load, tok, a, b, test, s)
+    ceiling = ceiling_run(load, tok, b, test, s)
+    out = {"weak": weak, "ceiling": ceiling, "b": b}
+    for loss in ("dsft", "token_kd"):
+        out[loss] = w2s_run(load, tok, weak, b, test, s, loss)
+    return out
+
+
+def test_ceiling_learns_b_and_weak_does_not(runs):
+    assert runs["ceiling"]["test"]["exact_match"] == 1.0
+    assert runs["weak"]["test"]["exact_match"] <= 0.3
+
+
+@pytest.mark.parametrize("loss", ["dsft", "token_kd"])
+def test_w2s_follows_the_weak_answers_not_the_references(runs, loss):
+    weak_texts = [a[0]["text"] for a in runs["weak"]["b_answers"]]
+    assert runs[loss]["b_texts"] == weak_texts
+    got = runs[loss]["test"]["texts"]
+    assert exact_match_rate(got, [[t] for t in weak_texts]) >= 0.8
+    em = runs[loss]["test"]["exact_match"]
+    assert em <= runs["weak"]["test"]["exact_match"] + 0.2
+    value = pgr(em, runs["weak"]["test"]["exact_match"], runs["ceiling"]["test"]["exact_match"])
+    print(f"\n{loss}: exact match {em:.2f}, PGR {value:.2f}")
+    assert value < 0.3
