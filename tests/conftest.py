@@ -118,6 +118,15 @@ def compose(overrides: list[str]):
 LM_WORDS = ["[PAD]", "[UNK]", "</s>"] + [f"w{i}" for i in range(45)]
 
 
+def word_swap(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Prompts "wA wB w0" with responses "wB wA": a task a tiny LM learns by fine-tuning."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pairs = [rng.integers(3, 45, 2) for _ in range(n)]
+    return [f"w{a} w{b} w0" for a, b in pairs], [f"w{b} w{a}" for a, b in pairs]
+
+
 @pytest.fixture(scope="session")
 def word_lm(tmp_path_factory):
     """(checkpoint dir of a tiny random Llama LM, word-level tokenizer over LM_WORDS, ids 0-2

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from analysis.pgr import pgr
+from tests.conftest import word_swap
 from w2s.config import TrainConfig
 from w2s.lm.metrics import exact_match_rate
 from w2s.lm.runs import LMSettings, Split, ceiling_run, w2s_run, weak_run
@@ -21,12 +21,7 @@ from w2s.models import load_lm
 
 
 def _split(n, seed):
-    rng = np.random.default_rng(seed)
-    prompts, responses = [], []
-    for _ in range(n):
-        a, b = rng.integers(3, 45, 2)
-        prompts.append(f"w{a} w{b} w0")
-        responses.append(f"w{b} w{a}")
+    prompts, responses = word_swap(n, seed)
     return Split(prompts, responses, [[r] for r in responses])
 
 

@@ -8,26 +8,17 @@ import dataclasses
 import numpy as np
 import pytest
 
+from tests.conftest import word_swap
 from w2s.config import TrainConfig
 from w2s.lm.data import sft_tokenize
 from w2s.lm.train import _take, evaluate, reference_nll, train_lm
 from w2s.models import load_lm
 
 
-def _task(n=10, seed=0):
-    rng = np.random.default_rng(seed)
-    prompts, responses = [], []
-    for _ in range(n):
-        a, b = rng.integers(3, 45, 2)
-        prompts.append(f"w{a} w{b} w0")
-        responses.append(f"w{b} w{a}")
-    return prompts, responses
-
-
 def test_sft_then_evaluate(word_lm):
     d, tok = word_lm
     lm = load_lm(str(d))
-    prompts, responses = _task()
+    prompts, responses = word_swap(10, 0)
     answers = [[r] for r in responses]
     kw = dict(max_length=12, max_new_tokens=4, eos_id=2)
     before = evaluate(lm, tok, prompts, responses, answers, **kw)
@@ -57,7 +48,7 @@ def test_sft_then_evaluate(word_lm):
 
 def test_padding_rows_carry_no_loss(word_lm):
     _, tok = word_lm
-    prompts, responses = _task(3)
+    prompts, responses = word_swap(3, 0)
     rows = sft_tokenize(tok, prompts, responses, 12, eos_id=2)
     b = _take(rows, np.array([2, -1, 0]))
     assert (

@@ -116,9 +116,13 @@ def run_layers_cached(layers, x: jax.Array, cache, *args, scan: bool, index: boo
     return jax.lax.scan(body, x, (state, cache, steps))
 
 
-def stack_cache(per_layer: list, scan: bool):
-    """A cache in ``run_layers_cached``'s layout from one cache per layer."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if scan else per_layer
+def empty_cache(layers: int, shape: tuple[int, ...], dtype, scan: bool):
+    """Zero (k, v) caches of ``shape`` [B, C, K, H] per layer, in ``run_layers_cached``'s
+    layout: a list unrolled, one pair with a leading layer axis scanned."""
+    if scan:
+        full = (layers, *shape)
+        return jnp.zeros(full, dtype), jnp.zeros(full, dtype)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(layers)]
 
 
 # A rule's "<container>/\d+/" names one layer; the stacked parameter drops the index and adds

@@ -19,7 +19,7 @@ from flax import nnx
 from w2s.models.attention import attend, attend_cached
 from w2s.models.layers import ACTIVATIONS, Dense, LayerNorm, dense_einsum
 from w2s.models.lora import delta as lora_delta
-from w2s.models.stack import check_remat, make_layers, run_layers, run_layers_cached, stack_cache
+from w2s.models.stack import check_remat, empty_cache, make_layers, run_layers, run_layers_cached
 
 
 def _pick(d: dict, *names: str, default=None):
@@ -202,9 +202,7 @@ class Model(nnx.Module):
         cfg = self.config
         self._check_length(capacity)
         shape = (batch, capacity, cfg.num_heads, cfg.head_dim)
-        dtype = dtype or self.wte.dtype
-        layer = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-        return stack_cache([layer] * cfg.num_layers, self.scan_layers)
+        return empty_cache(cfg.num_layers, shape, dtype or self.wte.dtype, self.scan_layers)
 
     def extend(self, input_ids, positions, lengths, cache):
         """Hidden states [B,T,H] of tokens ``input_ids`` [B,T] at ``positions`` [B,T], each row

@@ -19,7 +19,7 @@ from flax import nnx
 
 from w2s.models.attention import attend, attend_cached
 from w2s.models.layers import ACTIVATIONS, Dense, RMSNorm
-from w2s.models.stack import check_remat, make_layers, run_layers, run_layers_cached, stack_cache
+from w2s.models.stack import check_remat, empty_cache, make_layers, run_layers, run_layers_cached
 
 _INIT = nnx.initializers.normal(0.02)  # only for modules built without a checkpoint
 
@@ -281,9 +281,9 @@ class Model(nnx.Module):
         cfg = self.config
         self._check_window(capacity)
         shape = (batch, capacity, cfg.num_key_value_heads, cfg.head_dim)
-        dtype = dtype or self.embed_tokens.dtype
-        layer = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-        return stack_cache([layer] * cfg.num_hidden_layers, self.scan_layers)
+        return empty_cache(
+            cfg.num_hidden_layers, shape, dtype or self.embed_tokens.dtype, self.scan_layers
+        )
 
     def extend(self, input_ids, positions, lengths, cache):
         """Hidden states [B,T,H] of tokens ``input_ids`` [B,T] at ``positions`` [B,T], each row
