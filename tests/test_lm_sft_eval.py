@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from tests.conftest import word_swap
 from w2s.config import TrainConfig
@@ -55,3 +56,67 @@ def test_padding_rows_carry_no_loss(word_lm):
         np.asarray(b["loss_mask"])[1].sum() == 0 and np.asarray(b["attention_mask"])[1].sum() == 0
     )
     np.testing.assert_array_equal(np.asarray(b["input_ids"])[0], rows.input_ids[2])
+
+
+def _kd_setup(word_lm, responses):
+    d, tok = word_lm
+    prompts, _ = word_swap(6, 4)
+    rows = sft_tokenize(tok, prompts, responses, 12, eos_id=2)
+    cfg = dataclasses.replace(
+        TrainConfig(),
+        batch_size=3,
+        epochs=3,
+        warmup_frac=0.0,
+        schedule="constant",
+        optimizer="adam",
+        clip_norm=0.0,
+    )
+    return rows, cfg, load_lm(str(d)), load_lm(str(d))
+
+
+def test_fully_on_policy_kd_never_reads_the_responses(word_lm, tmp_path):
+    """fraction 1: every batch is the student's own samples, so the rows' responses (here two
+    different sets) cannot change the result; fraction 0 reads them."""
+    import jax
+    import transformers
+
+    from tests.helpers import save_tiny
+    from w2s.lm.step import KD
+    from w2s.lm.train import OnPolicy
+
+    cfg_t = transformers.LlamaConfig(
+        vocab_size=48,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.15,
+    )
+    _, teacher_dir = save_tiny(transformers.LlamaForCausalLM, cfg_t, tmp_path / "t", seed=9)
+    policy = OnPolicy(1.0, max_new_tokens=4, eos_id=2)
+    params = {}
+    for name, responses, pol in (
+        ("a", ["w5 w6"] * 6, policy),
+        ("b", ["w9"] * 6, policy),
+        ("c", ["w9"] * 6, OnPolicy(0.0, 4, 2)),
+    ):
+        rows, cfg, student, _ = _kd_setup(word_lm, responses)
+        out = train_lm(
+            student,
+            rows,
+            cfg,
+            lr=3e-3,
+            seed=1,
+            teacher=load_lm(str(teacher_dir)),
+            kd=KD("fkl"),
+            on_policy=pol,
+        )
+        params[name] = jax.tree.map(np.asarray, nnx.state(out.lm, nnx.Param))
+    same = jax.tree.map(np.array_equal, params["a"], params["b"])
+    assert all(jax.tree.leaves(same))
+    differ = jax.tree.map(np.array_equal, params["b"], params["c"])
+    assert not all(jax.tree.leaves(differ))
+    with pytest.raises(ValueError, match="needs a teacher"):
+        rows, cfg, student, _ = _kd_setup(word_lm, ["w5"] * 6)
+        train_lm(student, rows, cfg, lr=1e-3, on_policy=policy)

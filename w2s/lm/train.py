@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from w2s.config import TrainConfig
+from w2s.generate import generate
 from w2s.lm.data import SFTBatch, sft_tokenize
 from w2s.lm.generations import answer
 from w2s.lm.losses import row_nll
@@ -35,6 +36,53 @@ def _take(rows: SFTBatch, idx: np.ndarray) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class OnPolicy:
+    """A share ``fraction`` of KD batches uses the student's samples (Agarwal et al.'s λ)."""
+
+    fraction: float
+    max_new_tokens: int
+    eos_id: int
+    temperature: float = 1.0
+
+
+def on_policy_batch(
+    lm, batch: dict, prompt_lengths: np.ndarray, policy: OnPolicy, seed: int
+) -> dict:
+    """The batch's prompts with the student's own sampled answers in place of its responses
+    (generalised KD: the teacher then scores what the student itself would say)."""
+    ids = np.asarray(batch["input_ids"])
+    s = ids.shape[1]
+    plen = np.maximum(prompt_lengths, 1)
+    prompt_mask = (np.arange(s)[None] < plen[:, None]).astype(np.int32)
+    new = np.asarray(
+        generate(
+            lm,
+            ids * prompt_mask,
+            prompt_mask,
+            policy.max_new_tokens,
+            temperature=policy.temperature,
+            eos_id=policy.eos_id,
+            seed=seed,
+        )
+    )
+    out_ids = np.zeros_like(ids)
+    attn = np.zeros_like(ids)
+    loss = np.zeros_like(ids)
+    real = np.asarray(batch["attention_mask"]).sum(1) > 0
+    for i in np.flatnonzero(real):
+        hits = np.flatnonzero(new[i] == policy.eos_id)
+        answer = new[i, : hits[0] + 1] if len(hits) else new[i]
+        seq = np.concatenate([ids[i, : plen[i]], answer])[:s]
+        out_ids[i, : len(seq)], attn[i, : len(seq)] = seq, 1
+        loss[i, plen[i] : len(seq)] = 1
+    return {
+        "input_ids": jnp.asarray(out_ids),
+        "attention_mask": jnp.asarray(attn),
+        "loss_mask": jnp.asarray(loss),
+    }
+
+
 @dataclass
 class TrainResult:
     lm: nnx.Module
@@ -50,11 +98,16 @@ def train_lm(
     seed: int = 0,
     teacher=None,
     kd: KD | None = None,
+    on_policy: OnPolicy | None = None,
 ) -> TrainResult:
-    """Fine-tune ``lm`` (its arrays are donated: use the returned model)."""
+    """Fine-tune ``lm`` (its arrays are donated: use the returned model). With ``on_policy``
+    (needs a teacher) each batch is, with probability ``fraction``, replaced by the student's
+    current samples for the same prompts; the draw and the samples follow ``seed``."""
     n = len(rows.input_ids)
     if n == 0:
         raise ValueError("train_lm: no rows to train on")
+    if on_policy is not None and (teacher is None or not 0 <= on_policy.fraction <= 1):
+        raise ValueError("on-policy distillation needs a teacher and 0 <= fraction <= 1")
     bs = min(cfg.batch_size, n)
     per_epoch = -(-n // bs)
     total = per_epoch * cfg.epochs
@@ -73,7 +126,12 @@ def train_lm(
         order = rng.permutation(n)
         order = np.concatenate([order, -np.ones(per_epoch * bs - n, np.int64)])
         for b in range(per_epoch):
-            batch = _take(rows, order[b * bs : (b + 1) * bs])
+            idx = order[b * bs : (b + 1) * bs]
+            batch = _take(rows, idx)
+            if on_policy is not None and rng.random() < on_policy.fraction:
+                student = nnx.merge(graphdef, params)
+                plen = rows.prompt_lengths[np.maximum(idx, 0)]
+                batch = on_policy_batch(student, batch, plen, on_policy, seed * 100003 + t)
             args = (params, opt_state, batch) + ((t_params,) if teacher is not None else ())
             params, opt_state, loss = step(*args)
             t += 1
