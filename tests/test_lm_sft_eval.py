@@ -120,3 +120,30 @@ def test_fully_on_policy_kd_never_reads_the_responses(word_lm, tmp_path):
     with pytest.raises(ValueError, match="needs a teacher"):
         rows, cfg, student, _ = _kd_setup(word_lm, ["w5"] * 6)
         train_lm(student, rows, cfg, lr=1e-3, on_policy=policy)
+
+
+def test_self_training_at_alpha_one_ignores_the_supervision(word_lm):
+    """α = 1 leaves only the student's own greedy answers as targets: the rows' responses
+    (the weak answers) then cannot change the result."""
+    import jax
+
+    from w2s.lm.step import SelfTraining
+
+    params = []
+    for responses in (["w5 w6"] * 6, ["w9"] * 6):
+        rows, cfg, student, _ = _kd_setup(word_lm, responses)
+        out = train_lm(
+            student,
+            rows,
+            cfg,
+            lr=3e-3,
+            seed=1,
+            aux=SelfTraining(1.0),
+            eos_id=2,
+            aux_max_new_tokens=4,
+        )
+        params.append(jax.tree.map(np.asarray, nnx.state(out.lm, nnx.Param)))
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, *params)))
+    with pytest.raises(ValueError, match="needs eos_id"):
+        rows, cfg, student, _ = _kd_setup(word_lm, ["w5"] * 6)
+        train_lm(student, rows, cfg, lr=1e-3, aux=SelfTraining(0.5))

@@ -128,3 +128,32 @@ def test_vocab_mismatch_refused(ckpts):
         check_same_vocab(load_lm(str(ckpts["a"])), load_lm(str(ckpts["other_vocab"])))
     with pytest.raises(ValueError, match="come together"):
         make_lm_step(None, optax.adam(1e-3), kd=KD())
+
+
+def test_combined_objective_mixes_kd_and_self_training(ckpts):
+    """One step's loss is (1 - α) KD + α NLL(own answers), each term computed on its own."""
+    from w2s.lm.losses import response_kd
+    from w2s.lm.step import SelfTraining
+    from w2s.train.step import forward
+
+    prompts, responses = _pairs(seed=2)
+    own_prompts, own_responses = _pairs(seed=3)
+    batch = {k: jnp.asarray(v) for k, v in _batch(prompts, responses).items()}
+    own = {k: jnp.asarray(v) for k, v in _batch(own_prompts, own_responses).items()}
+    teacher, student = load_lm(str(ckpts["a"])), load_lm(str(ckpts["b"]))
+    t_graphdef, t_params = nnx.split(teacher)
+    graphdef, params = nnx.split(student)
+    logits = forward(graphdef, params, batch)
+    kd_term = float(
+        response_kd(logits, forward(t_graphdef, t_params, batch), batch["loss_mask"], "fkl", 1.0)
+    )
+    own_logits = forward(graphdef, params, own)
+    self_term = float(response_nll(own_logits, own["input_ids"], own["loss_mask"]))
+    aux = SelfTraining(alpha_max=0.8, schedule="linear", warmup_frac=0.5)
+    tx = optax.sgd(0.0)
+    step = make_lm_step(graphdef, tx, teacher=t_graphdef, kd=KD("fkl"), aux=aux)
+    full = {**batch, **{f"aux_{k}": v for k, v in own.items()}}
+    for frac, alpha in ((0.25, 0.4), (0.9, 0.8)):  # linear ramp to 0.8 over the first half
+        params, _, loss = step(params, tx.init(params), full, t_params, frac)
+        assert float(loss) == pytest.approx((1 - alpha) * kd_term + alpha * self_term, rel=1e-5)
+    assert abs(kd_term - self_term) > 0.1  # the mix is visible

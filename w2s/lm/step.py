@@ -16,6 +16,7 @@ from flax import nnx
 
 from w2s.lm.divergences import check_token_divergence
 from w2s.lm.losses import response_kd, response_nll
+from w2s.train.schedules import alpha_at, check_schedule_names
 from w2s.train.step import forward
 
 
@@ -29,24 +30,40 @@ class KD:
     skew: float = 0.1
 
 
+@dataclass(frozen=True)
+class SelfTraining:
+    """The combined objective's auxiliary term: ``(1 - α(t)) L + α(t) NLL(own answers)``, the
+    student's own greedy answers to the same prompts as targets (the generative counterpart of
+    the classifier's confidence loss); α follows ``w2s.train.schedules.alpha_at``."""
+
+    alpha_max: float
+    schedule: str = "constant"
+    warmup_frac: float = 0.2
+
+
 def make_lm_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
     *,
     teacher: nnx.GraphDef | None = None,
     kd: KD | None = None,
+    aux: SelfTraining | None = None,
 ):
-    """step(params, opt_state, batch[, teacher_params]) -> (params, opt_state, loss).
+    """step(params, opt_state, batch[, teacher_params[, step_frac]]) -> (params, opt_state, loss).
 
     ``batch``: ``input_ids``, ``attention_mask``, ``loss_mask`` [B, S]. Without ``teacher`` the
-    loss is the response NLL; with it, ``kd``'s divergence to the teacher's distributions.
+    loss is the response NLL; with it, ``kd``'s divergence to the teacher's distributions. With
+    ``aux`` the batch also holds ``aux_input_ids`` / ``aux_attention_mask`` /
+    ``aux_loss_mask`` (the student's own answers) and ``step_frac`` sets α.
     """
     if (teacher is None) != (kd is None):
         raise ValueError("make_lm_step: a teacher and its KD settings come together")
     if kd is not None:
         check_token_divergence(kd.kind, kd.temperature, kd.beta, kd.skew)
+    if aux is not None:
+        check_schedule_names(alpha_schedule=aux.schedule)
 
-    def loss_of(params, batch, teacher_params):
+    def main_loss(params, batch, teacher_params):
         logits = forward(graphdef, params, batch)
         if teacher is None:
             return response_nll(logits, batch["input_ids"], batch["loss_mask"])
@@ -61,8 +78,17 @@ def make_lm_step(
             skew=kd.skew,
         )
 
-    def step(params, opt_state, batch, teacher_params=None):
-        loss, grads = jax.value_and_grad(loss_of)(params, batch, teacher_params)
+    def loss_of(params, batch, teacher_params, step_frac):
+        loss = main_loss(params, batch, teacher_params)
+        if aux is None:
+            return loss
+        own = {k[4:]: v for k, v in batch.items() if k.startswith("aux_")}
+        own_nll = response_nll(forward(graphdef, params, own), own["input_ids"], own["loss_mask"])
+        a = alpha_at(step_frac, aux.alpha_max, aux.schedule, aux.warmup_frac)
+        return (1 - a) * loss + a * own_nll
+
+    def step(params, opt_state, batch, teacher_params=None, step_frac=0.0):
+        loss, grads = jax.value_and_grad(loss_of)(params, batch, teacher_params, step_frac)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 

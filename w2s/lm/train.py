@@ -21,7 +21,7 @@ from w2s.lm.data import SFTBatch, sft_tokenize
 from w2s.lm.generations import answer
 from w2s.lm.losses import row_nll
 from w2s.lm.metrics import exact_match
-from w2s.lm.step import KD, check_same_vocab, make_lm_step
+from w2s.lm.step import KD, SelfTraining, check_same_vocab, make_lm_step
 from w2s.train.step import forward, optimizer
 
 
@@ -99,15 +99,22 @@ def train_lm(
     teacher=None,
     kd: KD | None = None,
     on_policy: OnPolicy | None = None,
+    aux: SelfTraining | None = None,
+    aux_max_new_tokens: int = 32,
+    eos_id: int | None = None,
 ) -> TrainResult:
     """Fine-tune ``lm`` (its arrays are donated: use the returned model). With ``on_policy``
     (needs a teacher) each batch is, with probability ``fraction``, replaced by the student's
-    current samples for the same prompts; the draw and the samples follow ``seed``."""
+    current samples for the same prompts; the draw and the samples follow ``seed``. With
+    ``aux`` each step adds self-training on the student's current greedy answers (up to
+    ``aux_max_new_tokens``) under the combined objective."""
     n = len(rows.input_ids)
     if n == 0:
         raise ValueError("train_lm: no rows to train on")
     if on_policy is not None and (teacher is None or not 0 <= on_policy.fraction <= 1):
         raise ValueError("on-policy distillation needs a teacher and 0 <= fraction <= 1")
+    if aux is not None and eos_id is None:
+        raise ValueError("self-training (aux) needs eos_id to cut the student's own answers")
     bs = min(cfg.batch_size, n)
     per_epoch = -(-n // bs)
     total = per_epoch * cfg.epochs
@@ -117,7 +124,10 @@ def train_lm(
         check_same_vocab(lm, teacher)
         t_graphdef, t_params = nnx.split(teacher)
     tx = optimizer(cfg, lr, total)
-    step = make_lm_step(graphdef, tx, teacher=t_graphdef, kd=kd if teacher is not None else None)
+    step = make_lm_step(
+        graphdef, tx, teacher=t_graphdef, kd=kd if teacher is not None else None, aux=aux
+    )
+    greedy = OnPolicy(1.0, aux_max_new_tokens, eos_id, temperature=0.0) if aux else None
     opt_state = tx.init(params)
     rng = np.random.default_rng(seed)
     history = []
@@ -132,8 +142,16 @@ def train_lm(
                 student = nnx.merge(graphdef, params)
                 plen = rows.prompt_lengths[np.maximum(idx, 0)]
                 batch = on_policy_batch(student, batch, plen, on_policy, seed * 100003 + t)
-            args = (params, opt_state, batch) + ((t_params,) if teacher is not None else ())
-            params, opt_state, loss = step(*args)
+            if aux is not None:
+                own = on_policy_batch(
+                    nnx.merge(graphdef, params),
+                    batch,
+                    rows.prompt_lengths[np.maximum(idx, 0)],
+                    greedy,
+                    0,
+                )
+                batch = {**batch, **{f"aux_{k}": v for k, v in own.items()}}
+            params, opt_state, loss = step(params, opt_state, batch, t_params, t / total)
             t += 1
             history.append((t, float(loss)))
     return TrainResult(nnx.merge(graphdef, params), history)
