@@ -56,6 +56,7 @@ def runs(word_lm):
     out = {"weak": weak, "ceiling": ceiling, "b": b}
     for loss in ("dsft", "token_kd"):
         out[loss] = w2s_run(load, tok, weak, b, test, s, loss)
+    out["filtered"] = w2s_run(load, tok, weak, b, test, s, "dsft", filter_q=0.5)
     return out
 
 
@@ -75,3 +76,24 @@ def test_w2s_follows_the_weak_answers_not_the_references(runs, loss):
     value = pgr(em, runs["weak"]["test"]["exact_match"], runs["ceiling"]["test"]["exact_match"])
     print(f"\n{loss}: exact match {em:.2f}, PGR {value:.2f}")
     assert value < 0.3
+
+
+def test_filter_keeps_the_most_confident_answers():
+    from w2s.lm.runs import most_confident
+
+    answers = [[{"confidence": c}] for c in (-0.5, -0.1, -2.0, -0.1, -0.3)]
+    assert most_confident(answers, 0.4).tolist() == [1, 3]
+    assert most_confident(answers, 0.5).tolist() == [1, 3, 4]  # ceil(2.5)
+    assert most_confident(answers, 1.0).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="filter_q"):
+        most_confident(answers, 0.0)
+
+
+def test_filtered_w2s_trains_on_the_kept_rows(runs, word_lm):
+    from w2s.lm.runs import most_confident
+
+    keep = most_confident(runs["weak"]["b_answers"], 0.5)
+    assert len(keep) == 5
+    kept_texts = [runs["weak"]["b_answers"][i][0]["text"] for i in keep]
+    assert runs["filtered"]["b_texts"] == kept_texts
+    assert runs["filtered"]["b_kept"].tolist() == keep.tolist()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from w2s.config import TrainConfig
 from w2s.lm.data import sft_tokenize
 from w2s.lm.generations import answer
@@ -70,12 +72,34 @@ def ceiling_run(load_strong, tok, b: Split, test: Split, s: LMSettings) -> dict:
     return {"lm": lm, "test": _eval(lm, tok, test, s)}
 
 
-def w2s_run(load_strong, tok, weak: dict, b: Split, test: Split, s: LMSettings, loss: str) -> dict:
-    """The strong LM supervised by the weak run alone: B's prompts with the weak answers."""
+def most_confident(answers: list[list[dict]], q: float) -> np.ndarray:
+    """Indices (in order) of the ``ceil(q n)`` prompts whose first answer has the highest
+    confidence (mean token log-probability), ties broken by position."""
+    if not 0 < q <= 1:
+        raise ValueError(f"filter_q must lie in (0, 1], not {q}")
+    conf = np.array([a[0]["confidence"] for a in answers])
+    keep = int(np.ceil(q * len(conf)))
+    return np.sort(np.argsort(-conf, kind="stable")[:keep])
+
+
+def w2s_run(
+    load_strong,
+    tok,
+    weak: dict,
+    b: Split,
+    test: Split,
+    s: LMSettings,
+    loss: str,
+    filter_q: float = 1.0,
+) -> dict:
+    """The strong LM supervised by the weak run alone: B's prompts with the weak answers, the
+    ``filter_q`` share the weak LM is most confident of."""
     if loss not in W2S_LOSSES:
         raise ValueError(f"w2s loss {loss!r} unknown; use {', '.join(W2S_LOSSES)}")
-    texts = [a[0]["text"] for a in weak["b_answers"]]
-    rows = sft_tokenize(tok, b.prompts, texts, s.max_length, eos_id=s.eos_id)
+    keep = most_confident(weak["b_answers"], filter_q)
+    texts = [weak["b_answers"][i][0]["text"] for i in keep]
+    prompts = [b.prompts[i] for i in keep]
+    rows = sft_tokenize(tok, prompts, texts, s.max_length, eos_id=s.eos_id)
     teacher = weak["lm"] if loss == "token_kd" else None
     lm = train_lm(
         load_strong(),
@@ -86,4 +110,4 @@ def w2s_run(load_strong, tok, weak: dict, b: Split, test: Split, s: LMSettings, 
         teacher=teacher,
         kd=s.kd if teacher is not None else None,
     ).lm
-    return {"lm": lm, "test": _eval(lm, tok, test, s), "b_texts": texts}
+    return {"lm": lm, "test": _eval(lm, tok, test, s), "b_texts": texts, "b_kept": keep}
