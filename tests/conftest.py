@@ -118,6 +118,18 @@ def compose(overrides: list[str]):
 LM_WORDS = ["[PAD]", "[UNK]", "</s>"] + [f"w{i}" for i in range(45)]
 
 
+def plain_adam(batch_size: int, epochs: int):
+    """A TrainConfig for the tiny LM tests: Adam at a constant rate, no warm-up or clipping."""
+    import dataclasses
+
+    from w2s.config import TrainConfig
+
+    return dataclasses.replace(
+        TrainConfig(), batch_size=batch_size, epochs=epochs, warmup_frac=0.0,
+        schedule="constant", optimizer="adam", clip_norm=0.0,
+    )
+
+
 def word_swap(n: int, seed: int) -> tuple[list[str], list[str]]:
     """Prompts "wA wB w0" with responses "wB wA": a task a tiny LM learns by fine-tuning."""
     import numpy as np

