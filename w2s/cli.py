@@ -28,13 +28,14 @@ def run(cfg: DictConfig) -> int:
     from w2s.distributed import initialize, is_lead
 
     OmegaConf.resolve(cfg)
+    # transformers' import-time advice that PyTorch is absent: w2s uses only its tokenizers
+    # and configs, so without torch (the plain install) the line is noise. configure_logging
+    # imports transformers, so this comes first.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     configure_logging(cfg.verbose)  # after Hydra's job logging, before anything logs
 
     cache = Path(str(cfg.cache_dir)).expanduser()
     os.environ.setdefault("W2S_CACHE", str(cache))
-    # transformers' import-time advice that PyTorch is absent: w2s uses only its tokenizers
-    # and configs, so without torch (the plain install) the line is noise on every run
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     _compilation_cache(cache)
     if cfg.dry_run:
         from w2s.plan import print_plan
