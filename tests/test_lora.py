@@ -82,15 +82,14 @@ def test_targets_and_init_equal_to_base(name, scan):
     for group, want in EXPECTED[name].items():
         _, _, n = _adapted(name, scan, groups=(group,))
         assert n == (want if scan else 2 * want)  # scanned: one stacked module per projection
-    # B = 0: the same logits. The backbones run in float64, so that the comparison does not
-    # hinge on which float32 matmul kernel XLA picks for each graph (in float32 the two differ
-    # by up to 4e-6 on some CPUs). Measured: exactly 0 on five of six settings, 1.4e-6 on
-    # scanned BERT, whose float32 pieces still round differently)
+    # B = 0: the same logits. The backbones (norms included) run in float64, so that the
+    # comparison does not hinge on which float32 kernel XLA picks for each graph (in float32
+    # the two differ by up to 4e-6 on some CPUs). Measured: exactly 0 on all six settings.
     with jax.enable_x64(True):
         base, model, _ = _adapted(name, scan, dtype=jnp.float64)
         batch = _batch()
-        np.testing.assert_allclose(_logits(model, batch), _logits(base, batch), rtol=1e-6,
-                                   atol=5e-6)
+        np.testing.assert_allclose(_logits(model, batch), _logits(base, batch), rtol=0,
+                                   atol=1e-6)
 
 
 @pytest.mark.parametrize("scan", [False, True])

@@ -3,7 +3,8 @@
 ``Dense`` applies its matmul to ``[tokens, features]``: XLA:CPU runs a 2-D matmul about 1.8x
 faster than the same product written over ``[batch, seq, features]`` (forward and backward,
 measured on MiniLM shapes), while on accelerators the two compile to the same kernel.
-Norms compute in float32 whatever the compute dtype: bf16 cannot hold small variances.
+Norms compute in float32 whatever the compute dtype (float64 in float64 reference models): bf16
+cannot hold small variances.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def dense_einsum(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype)
     return y.reshape(*lead, *out)
 
 
+def norm_dtype(x: jax.Array):
+    """float32, or float64 for a float64 model (reference runs): never below float32."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 class LayerNorm(nnx.Module):
     def __init__(self, size: int, eps: float, *, dtype, param_dtype):
         self.scale = nnx.Param(jnp.ones((size,), param_dtype))
@@ -67,11 +73,12 @@ class LayerNorm(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(jnp.float32)
+        acc = norm_dtype(x)
+        x = x.astype(acc)
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
         y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        y = y * self.scale[...].astype(acc) + self.bias[...].astype(acc)
         return y.astype(self.dtype)
 
 
@@ -82,6 +89,7 @@ class RMSNorm(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        xf = x.astype(jnp.float32)
+        acc = norm_dtype(x)
+        xf = x.astype(acc)
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return (xf * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+        return (xf * self.scale[...].astype(acc)).astype(self.dtype)
