@@ -4,6 +4,8 @@ and the optimizer holds state for the trainable part alone."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,3 +196,233 @@ def test_lora_checkpoints_hold_adapters_and_head_and_resume(tiny_env, tmp_path):
     assert after["status"] == "done" and after["resumed_from"] == int(step_dir.name)
     np.testing.assert_allclose(np.stack(pd.read_parquet(d / "predictions.parquet").probs),
                                np.stack(before.probs), atol=1e-6)
+
+
+# -- LoRA dropout (train.lora.dropout): on the adapters' input, in train steps only --
+
+
+class _OneDense(nnx.Module):
+    def __init__(self, d_in: int, d_out: int):
+        from w2s.models.layers import Dense
+
+        self.proj = Dense(d_in, d_out, rngs=nnx.Rngs(0))
+
+
+_ONE = SimpleNamespace(lora_targets=(("attention", r"^proj$"), ("mlp", r"^none$")))
+
+
+def _one_dense(rate: float, d_in=6, d_out=5, rank=3):
+    m = _OneDense(d_in, d_out)
+    lora.add(m, _ONE, rank=rank, alpha=6.0, groups=["attention"], seed=0, dropout=rate)
+    m.proj.lora.lora_b[...] = jax.random.normal(jax.random.key(3), (rank, d_out))  # B != 0
+    m.proj.bias[...] = jax.random.normal(jax.random.key(4), (d_out,))
+    return m
+
+
+def _adapted_b(name, scan=False, rate=0.0, seed=0):
+    """An adapted tiny model whose B factors are non-zero, so that the adapters count."""
+    model, fam = _model(name, scan)
+    lora.add(model.backbone, fam, rank=4, alpha=8.0, groups=["attention", "mlp"], seed=seed,
+             dropout=rate)
+    for i, (_, m) in enumerate(lora.targeted(model.backbone, fam, ["attention", "mlp"])):
+        b = m.lora.lora_b
+        b[...] = 0.3 * jax.random.normal(jax.random.key(100 + i), b.get_value().shape)
+    return model
+
+
+def _one_step(model, key, batch_seed=0):
+    graphdef, params = nnx.split(model)
+    tx = optimizer(TrainConfig(schedule="constant", warmup_frac=0.0), 1e-2, 10,
+                   lora.trainable_labels(params))
+    step = jax.jit(make_train_step(graphdef, tx, step_loss()))
+    args = (params, tx.init(params), _batch(batch_seed), jnp.float32(0.5), None)
+    return step, args if key is None else (*args, key)
+
+
+def _random_ops(fn, *args) -> dict[str, int]:
+    """How often each random primitive occurs in the traced step (the optimizer has its own)."""
+    text = str(jax.make_jaxpr(fn)(*args))
+    return {op: text.count(op + "[") + text.count(op + " ")
+            for op in ("random_bits", "random_fold_in", "random_split", "random_wrap")}
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_dropout_zero_is_the_keyless_step_bit_for_bit(name):
+    """At rate 0 the graph is the one of an adapter added without a rate, and a train step
+    given a dropout key traces no random op and returns the keyless step's numbers exactly."""
+    model = _adapted_b(name, rate=0.0)
+    plain, fam = _model(name)
+    lora.add(plain.backbone, fam, rank=4, alpha=8.0, groups=["attention", "mlp"], seed=0)
+    assert nnx.graphdef(model) == nnx.graphdef(plain) and not lora.has_dropout(model)
+    step, args = _one_step(model, None)
+    keyed = (*args, lora.dropout_key(0, 7))
+    assert _random_ops(step, *keyed) == _random_ops(step, *args)
+    want = jax.device_get(step(*args))
+    got = jax.device_get(step(*keyed))
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dropout_on_one_dense_equals_the_numpy_reference():
+    """y = x W + b + (alpha / r) (mask * x / (1 - p)) A B with the mask that the key derives,
+    and the gradient wrt B is the same reference's."""
+    import zlib
+
+    rate, x = 0.4, np.asarray(jax.random.normal(jax.random.key(5), (2, 7, 6)), np.float32)
+    m = _one_dense(rate)
+    graphdef, state = nnx.split(m)
+    key = lora.dropout_key(3, 11)
+    g_out = np.asarray(jax.random.normal(jax.random.key(6), (2, 7, 5)), np.float32)
+
+    def out(state, key):
+        mm = nnx.merge(graphdef, state)
+        if key is not None:
+            assert lora.set_dropout_keys(mm, key) == 1
+        return mm.proj(jnp.asarray(x))
+
+    y = np.asarray(out(state, key))
+    grad = jax.grad(lambda s: jnp.sum(out(s, key) * g_out))(state)
+    # the reference, from the module's key derivation: step key, folded with the module path
+    keep = np.asarray(jax.random.bernoulli(
+        jax.random.fold_in(key, zlib.crc32(b"proj")), 1.0 - rate, (14, 6)))
+    assert 0.2 < 1 - keep.mean() < 0.6  # about p of 84 entries dropped
+    w, b = np.asarray(m.proj.kernel[...]), np.asarray(m.proj.bias[...])
+    a, bb = np.asarray(m.proj.lora.lora_a[...]), np.asarray(m.proj.lora.lora_b[...])
+    x2d = x.reshape(14, 6)
+    dropped = np.where(keep, x2d / (1 - rate), 0.0)
+    scale = 6.0 / 3
+    want = x2d @ w + b + scale * (dropped @ a @ bb)
+    np.testing.assert_allclose(y.reshape(14, 5), want, rtol=1e-5, atol=1e-5)
+    want_gb = scale * (dropped @ a).T @ g_out.reshape(14, 5)
+    np.testing.assert_allclose(np.asarray(grad["proj"]["lora"]["lora_b"][...]), want_gb,
+                               rtol=1e-5, atol=1e-5)
+    # without a key: the plain adapter, and different from the dropped one
+    plain = x2d @ w + b + scale * (x2d @ a @ bb)
+    np.testing.assert_allclose(np.asarray(out(state, None)).reshape(14, 5), plain, rtol=1e-5,
+                               atol=1e-5)
+    assert np.abs(plain - want).max() > 1e-2
+
+
+def test_dropout_rate_is_checked():
+    for rate in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"train.lora.dropout must be in \[0, 1\)"):
+            _one_dense(rate)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("name", list(TINY))
+def test_prediction_and_merging_ignore_dropout(name, scan):
+    """Without a key (eval, prediction, labelling) an adapter with a rate computes what the same
+    adapter without one does, bit for bit; merging drops the rate: the base architecture."""
+    from w2s.train.step import forward, predict_probs
+
+    with_rate, without = _adapted_b(name, scan, rate=0.5), _adapted_b(name, scan, rate=0.0)
+    assert lora.has_dropout(with_rate)
+    g1, p1 = nnx.split(with_rate)
+    g0, p0 = nnx.split(without)
+    batch = _batch(3)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    np.testing.assert_array_equal(np.asarray(predict_probs(g1, p1, ids, mask)),
+                                  np.asarray(predict_probs(g0, p0, ids, mask)))
+    np.testing.assert_array_equal(np.asarray(jax.jit(forward, static_argnums=0)(g1, p1, batch)),
+                                  np.asarray(jax.jit(forward, static_argnums=0)(g0, p0, batch)))
+    keyed = jax.jit(lambda p, k: forward(g1, p, batch, dropout_key=k))(p1, lora.dropout_key(0, 1))
+    assert np.abs(np.asarray(keyed) - np.asarray(forward(g1, p1, batch))).max() > 1e-4
+    m1, m0 = lora.merge(with_rate), lora.merge(without)
+    assert nnx.graphdef(m1) == nnx.graphdef(m0) and not lora.has_dropout(m1)
+    np.testing.assert_array_equal(_logits(m1, batch), _logits(m0, batch))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("name", list(TINY))
+def test_every_adapter_drops_in_a_train_step(name, scan):
+    """With a key, each adapter's B gradient (GPT-2's fused qkv included) differs from the
+    keyless step's; the same key gives the same step bit for bit, another step another one.
+    Scanned layers get one key per layer."""
+    model = _adapted_b(name, scan, rate=0.3)
+    step, args = _one_step(model, None)
+    keyed, keyless = _random_ops(step, *args, lora.dropout_key(0, 1)), _random_ops(step, *args)
+    assert keyed["random_bits"] > keyless["random_bits"]
+
+    def grads_b(key):
+        graphdef, params = nnx.split(model)
+
+        def loss(p):
+            from w2s.train.step import batch_loss
+
+            return batch_loss(graphdef, p, _batch(0), 0.5, step_loss(), dropout_key=key)[0]
+
+        g = jax.jit(jax.grad(loss))(params)
+        return {k: v for k, v in _flat(g).items() if "lora_b" in k}
+
+    plain, first, again, later = (grads_b(k) for k in (
+        None, lora.dropout_key(0, 1), lora.dropout_key(0, 1), lora.dropout_key(0, 2)))
+    assert len(plain) == (1 if scan else 2) * sum(EXPECTED[name].values())
+    if name == "gpt2":
+        assert any("c_attn" in k for k in plain)
+    for k in plain:
+        assert np.abs(first[k] - plain[k]).max() > 1e-6, k
+        np.testing.assert_array_equal(first[k], again[k])
+        assert np.abs(first[k] - later[k]).max() > 1e-6, k
+    want = jax.device_get(step(*args, lora.dropout_key(0, 1)))
+    got = jax.device_get(step(*args, lora.dropout_key(0, 1)))
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)
+    if scan:
+        merged = nnx.merge(*nnx.split(model))
+        lora.set_dropout_keys(merged, lora.dropout_key(0, 1))
+        keys = [m.lora_dropout_key.get_value() for _, m in nnx.iter_graph(merged)
+                if hasattr(m, "lora_dropout_key")]
+        assert keys and all(k.shape == (2,) for k in keys)
+        data = [np.asarray(jax.random.key_data(k)) for k in keys]
+        assert all(not np.array_equal(d[0], d[1]) for d in data)  # per layer
+        assert len({d.tobytes() for d in data}) == len(data)  # per module
+
+
+def test_dropout_masks_depend_on_seed_and_step():
+    rate, shape = 0.5, (64, 32)
+
+    def mask(seed, step):
+        return np.asarray(lora.dropout_mask(lora.dropout_key(seed, step), rate, shape))
+
+    np.testing.assert_array_equal(mask(0, 1), mask(0, 1))
+    assert not np.array_equal(mask(0, 1), mask(0, 2))
+    assert not np.array_equal(mask(0, 1), mask(1, 1))
+    # traced inside a jitted (vmapped) step from host integers: the same keys
+    traced = jax.jit(jax.vmap(lora.dropout_key, in_axes=(0, None)))(
+        np.asarray([0, 1], np.int32), np.int32(2))
+    np.testing.assert_array_equal(jax.random.key_data(traced[1]),
+                                  jax.random.key_data(lora.dropout_key(1, 2)))
+
+
+def test_lora_dropout_pipeline_is_reproducible_and_vmaps(tiny_env, tmp_path):
+    """train.lora.rank=4 train.lora.dropout=0.1 on the tiny env: two seeds vmapped give the same
+    predictions twice (bit for bit) and those of the seeds run one by one; dropout 0 differs."""
+    import json
+
+    import pandas as pd
+
+    from tests.conftest import compose, tiny_overrides
+    from w2s.cli import run
+
+    def ceiling(out, *extra):
+        run(compose(tiny_overrides(
+            tiny_env, tmp_path / out, "kinds=[ceiling]", "seeds=[0,1]", "train.lora.rank=4",
+            "train.early_stop.runs=[]", "train.epochs=3", "task.split_seed=0", *extra)))
+        probs = {}
+        for m in (tmp_path / out).glob("runs/ceiling/*/metrics.json"):
+            meta = json.loads(m.read_text())
+            assert meta["status"] == "done"
+            df = pd.read_parquet(m.parent / "predictions.parquet")
+            probs[meta["seed"]] = np.stack(df.probs)
+        assert sorted(probs) == [0, 1]
+        return probs
+
+    first = ceiling("a", "train.lora.dropout=0.1", "train.vmap_seeds=2")
+    again = ceiling("b", "train.lora.dropout=0.1", "train.vmap_seeds=2")
+    alone = ceiling("c", "train.lora.dropout=0.1", "train.vmap_seeds=1")
+    none = ceiling("d", "train.lora.dropout=0.0", "train.vmap_seeds=2")
+    for s in (0, 1):
+        np.testing.assert_array_equal(first[s], again[s])
+        np.testing.assert_allclose(first[s], alone[s], atol=1e-5)
+        assert np.abs(first[s] - none[s]).max() > 1e-4

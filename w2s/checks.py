@@ -71,9 +71,10 @@ def check_config(cfg: Config, backend: str | None = None) -> None:
     lora = tr.lora
     if lora.rank < 0 or lora.alpha <= 0:
         raise ValueError(f"train.lora needs rank >= 0 and alpha > 0 (got {lora.rank}, {lora.alpha})")
-    if lora.dropout != 0:
+    if not 0 <= lora.dropout < 1:
         raise ValueError(
-            f"train.lora.dropout={lora.dropout}: only 0 is implemented (adapters without dropout)"
+            f"train.lora.dropout={lora.dropout}: the rate of dropout on the adapters' input "
+            f"must be in [0, 1)"
         )
     unknown = sorted(set(lora.models) - {"weak", "strong"})
     if unknown:

@@ -85,7 +85,7 @@ class LoRAConfig:
 
     rank: int = 0  # 0: full fine-tuning
     alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
-    dropout: float = 0.0  # on the adapter's input; only 0 is implemented
+    dropout: float = 0.0  # on the adapter's input, in train steps only; in [0, 1)
     targets: list[str] = field(default_factory=lambda: ["attention", "mlp"])
     models: list[str] = field(default_factory=lambda: ["strong"])  # weak and/or strong
 

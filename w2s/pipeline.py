@@ -325,7 +325,7 @@ class Experiment:
             lo = self.cfg.train.lora
             for model, spec in zip(models, specs, strict=True):
                 lora.add(model.backbone, loaded.family, rank=lo.rank, alpha=lo.alpha,
-                         groups=list(lo.targets), seed=spec.seed)
+                         groups=list(lo.targets), seed=spec.seed, dropout=lo.dropout)
         teachers = None
         if first.teacher is not None:
             teachers = ([s.teacher[0] for s in specs], first.teacher[1], first.teacher[2])

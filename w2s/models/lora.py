@@ -8,6 +8,15 @@ base weights get no update (their gradients are never used, so XLA does not comp
 After training, :func:`merge` folds ``(alpha / r) A B`` into the kernels: predictions, kept
 weights and everything downstream see a plain model of the base architecture.
 
+Dropout (``train.lora.dropout`` = p > 0, as in Hu et al. and PEFT): in training steps only, the
+adapter's input is dropped, ``y = x W + b + (alpha / r) dropout(x) A B`` (inverted: kept entries
+scaled by ``1 / (1 - p)``). The rate is a static setting of the adapted module; the train step
+gets a key (:func:`dropout_key`, from the run's seed and the step number) and
+:func:`set_dropout_keys` hangs one key per adapter (one per layer when scanned) on the model it
+merges for that step. Those keys are never parameters: not in the optimizer state, the
+gradients or checkpoints. Without a key (evaluation, prediction, labelling, merged weights) an
+adapter is deterministic.
+
 Which projections: each family names its attention and MLP projections (``Family.lora_targets``,
 regexes over module paths); ``train.lora.targets`` picks the groups.
 """
@@ -24,6 +33,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 GROUPS = ("attention", "mlp")
+_DROPOUT_STREAM = zlib.crc32(b"lora-dropout")  # keeps dropout keys apart from the seed's others
+
+
+class DropoutKey(nnx.Variable):
+    """One adapter's dropout key for one train step (``[L]`` keys for scanned layers); set by
+    :func:`set_dropout_keys` on the model a step merges, never part of the parameters."""
 
 
 def _targets(family, groups) -> list[re.Pattern]:
@@ -53,10 +68,20 @@ def targeted(backbone, family, groups) -> Iterator[tuple[str, nnx.Module]]:
             yield name, module
 
 
-def add(backbone, family, *, rank: int, alpha: float, groups, seed: int) -> int:
-    """Attach adapters in place; returns how many projections got one. ``seed`` draws A."""
+def check_dropout(dropout: float) -> float:
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"train.lora.dropout must be in [0, 1), not {dropout}")
+    return float(dropout)
+
+
+def add(
+    backbone, family, *, rank: int, alpha: float, groups, seed: int, dropout: float = 0.0
+) -> int:
+    """Attach adapters in place; returns how many projections got one. ``seed`` draws A;
+    ``dropout`` is the rate on the adapters' input in train steps (0: none)."""
     if rank < 1:
         raise ValueError(f"train.lora.rank must be >= 1 to add adapters, not {rank}")
+    dropout = check_dropout(dropout)
     n = 0
     for name, module in targeted(backbone, family, groups):
         kernel = module.kernel.get_value()  # an array, or its shape for an abstract model
@@ -73,6 +98,8 @@ def add(backbone, family, *, rank: int, alpha: float, groups, seed: int) -> int:
         lora.lora_b = nnx.LoRAParam(jnp.zeros((*lead, rank, d_out), jnp.float32))
         module.lora = lora
         module.lora_scale = float(alpha) / rank
+        if dropout > 0:  # absent at 0: the graph (and its compiled step) is the plain one
+            module.lora_dropout = dropout
         n += 1
     if n == 0:
         raise ValueError(f"train.lora.targets={list(groups)} matched no projection")
@@ -85,8 +112,42 @@ def delta(module, x2d: jax.Array) -> jax.Array | None:
     if lora is None:
         return None
     dt = x2d.dtype
+    rate = getattr(module, "lora_dropout", 0.0)
+    key = getattr(module, "lora_dropout_key", None)
+    if rate > 0 and key is not None:  # a train step: drop the adapter's input
+        x2d = jnp.where(dropout_mask(key.get_value(), rate, x2d.shape), x2d / (1.0 - rate), 0)
+        x2d = x2d.astype(dt)
     h = x2d @ lora.lora_a[...].astype(dt)
     return (h @ lora.lora_b[...].astype(dt)) * jnp.asarray(module.lora_scale, dt)
+
+
+def dropout_mask(key: jax.Array, rate: float, shape) -> jax.Array:
+    """The kept entries (True) of an adapter input of ``shape`` under ``key``."""
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
+
+
+def has_dropout(model) -> bool:
+    return any(getattr(m, "lora_dropout", 0.0) > 0 for _, m in nnx.iter_graph(model))
+
+
+def dropout_key(seed, step) -> jax.Array:
+    """The dropout key of train step ``step`` of the run seeded ``seed`` (both may be traced)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _DROPOUT_STREAM), step)
+
+
+def set_dropout_keys(model, key: jax.Array) -> int:
+    """Give every adapter with dropout its own key derived from ``key`` (by module path; split
+    over the layer axis when scanned); returns how many. For the model a train step merges."""
+    n = 0
+    for path, module in list(nnx.iter_graph(model)):
+        if getattr(module, "lora_dropout", 0.0) <= 0 or getattr(module, "lora", None) is None:
+            continue
+        name = "/".join(map(str, path))
+        k = jax.random.fold_in(key, zlib.crc32(name.encode()))
+        lead = module.lora.lora_a.get_value().shape[:-2]  # the scanned layer axis, if any
+        module.lora_dropout_key = DropoutKey(jax.random.split(k, lead) if lead else k)
+        n += 1
+    return n
 
 
 def has_adapters(model) -> bool:
@@ -116,4 +177,7 @@ def merge(model):
         module.kernel.set_value(merged.astype(kernel.dtype))
         del module.lora
         del module.lora_scale
+        for attr in ("lora_dropout", "lora_dropout_key"):
+            if hasattr(module, attr):
+                delattr(module, attr)
     return model

@@ -270,6 +270,12 @@ def train_group(
             None,
         )
 
+    # LoRA dropout: the step gets each seed and the step number, and derives its key inside
+    # (``lora.dropout_key``): host integers, so no recompiling, and the masks are a function
+    # of (seed, step) alone, the same resumed or vmapped. Without dropout, the plain step.
+    dropout = lora.has_dropout(models[0])
+    run_seeds = np.asarray(seeds if k > 1 else seeds[0], np.int32) if dropout else None
+
     def build():
         step = make_train_step(
             graphdef,
@@ -277,8 +283,18 @@ def train_group(
             loss_fn,
             teacher=(t_graphdef, temperature) if teachers else None,
         )
+        if dropout:
+            keyless = step
+
+            def step(params, opt_state, batch, frac, teacher_params, seed, n):
+                key = lora.dropout_key(seed, n)
+                return keyless(params, opt_state, batch, frac, teacher_params, key)
+
         if k > 1:
-            step = jax.vmap(step, in_axes=(0, 0, 0, None) + ((0,) if teachers else ()))
+            in_axes = (0, 0, 0, None) + ((0,) if teachers else ())
+            if dropout:
+                in_axes = (0, 0, 0, None, 0 if teachers else None, 0, None)
+            step = jax.vmap(step, in_axes=in_axes)
         return step
 
     step_fn = STEPS.get(key, build, out_shardings)
@@ -356,6 +372,8 @@ def train_group(
             frac = np.float32((step - 1) / max(total, 1))
             t_step = time.perf_counter()
             args = (params, opt_state, arrays, frac) + ((t_params,) if teachers else ())
+            if dropout:
+                args = (params, opt_state, arrays, frac, t_params, run_seeds, np.int32(step))
             params, opt_state, stats = step_fn(*args)
             if group[0].length not in shapes_seen:  # a shape's first call includes compiling it
                 shapes_seen.add(group[0].length)

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from w2s.config import TrainConfig
+from w2s.models import lora
 from w2s.train.precision import low_precision
 
 LossFn = Callable[[jax.Array, dict, jax.Array], jax.Array]  # w2s.train.losses.step_loss
@@ -65,8 +66,15 @@ def optimizer(
     return opt
 
 
-def forward(graphdef: nnx.GraphDef, params, batch: dict, prefix: str = "") -> jax.Array:
+def forward(
+    graphdef: nnx.GraphDef, params, batch: dict, prefix: str = "", dropout_key=None
+) -> jax.Array:
+    """Logits [B, C] in float32. With ``dropout_key`` (train steps only), LoRA adapters that
+    have a dropout rate drop their input (``w2s.models.lora``); without it the model is
+    deterministic."""
     model = nnx.merge(graphdef, params)
+    if dropout_key is not None:
+        lora.set_dropout_keys(model, dropout_key)
     return model(batch[prefix + "input_ids"], batch[prefix + "attention_mask"]).astype(jnp.float32)
 
 
@@ -78,14 +86,16 @@ def batch_loss(
     loss_fn: LossFn,
     teacher: tuple[nnx.GraphDef, float] | None = None,
     teacher_params=None,
+    dropout_key=None,
 ) -> tuple[jax.Array, jax.Array]:
-    """(loss, student logits) for one batch; a live teacher sees its own token view."""
+    """(loss, student logits) for one batch; a live teacher sees its own token view. The
+    student alone gets ``dropout_key`` (LoRA dropout); the teacher is deterministic."""
     targets = batch["targets"]
     if teacher is not None:
         t_graphdef, temperature = teacher
         t_logits = jax.lax.stop_gradient(forward(t_graphdef, teacher_params, batch, "teacher_"))
         targets = jax.nn.softmax(t_logits / temperature, axis=-1)
-    logits = forward(graphdef, params, batch)
+    logits = forward(graphdef, params, batch, dropout_key=dropout_key)
     return loss_fn(logits, {**batch, "targets": targets}, step_frac), logits
 
 
@@ -96,20 +106,25 @@ def make_train_step(
     *,
     teacher: tuple[nnx.GraphDef, float] | None = None,
 ):
-    """step(params, opt_state, batch, step_frac[, teacher_params]) -> (params, opt_state, stats).
+    """step(params, opt_state, batch, step_frac[, teacher_params[, dropout_key]])
+    -> (params, opt_state, stats).
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``targets`` [B,C], ``weight`` [B] and
     ``labels`` [B] (for the progress accuracy only). With ``teacher=(graphdef, T)`` the
     targets are the teacher's tempered probabilities on ``teacher_input_ids``. Remat and
     scanned layers are settings of the model itself (``w2s.models.stack``), applied per layer.
+    ``dropout_key`` (``w2s.models.lora.dropout_key(seed, step)``) draws this step's LoRA dropout
+    masks; None (or a model without adapter dropout) traces the step without any.
     """
 
-    def loss_of(params, batch, step_frac, teacher_params):
-        return batch_loss(graphdef, params, batch, step_frac, loss_fn, teacher, teacher_params)
+    def loss_of(params, batch, step_frac, teacher_params, dropout_key):
+        return batch_loss(
+            graphdef, params, batch, step_frac, loss_fn, teacher, teacher_params, dropout_key
+        )
 
-    def step(params, opt_state, batch, step_frac, teacher_params=None):
+    def step(params, opt_state, batch, step_frac, teacher_params=None, dropout_key=None):
         (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(
-            params, batch, step_frac, teacher_params
+            params, batch, step_frac, teacher_params, dropout_key
         )
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
