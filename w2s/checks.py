@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from w2s import tracking
 from w2s.config import Config
+from w2s.lm.divergences import check_token_divergence
+from w2s.lm.tasks import is_generative
 from w2s.models.attention import check_attention
 from w2s.models.lora import GROUPS as LORA_GROUPS
 from w2s.models.stack import check_remat
@@ -84,5 +86,53 @@ def check_config(cfg: Config, backend: str | None = None) -> None:
         raise ValueError(
             f"train.lora.targets: unknown group(s) {unknown}; use {', '.join(LORA_GROUPS)}"
         )
-    step_loss(cfg.loss)  # unknown names fail here, before any training
+    if is_generative(t):
+        check_lm_config(cfg)
+    else:
+        step_loss(cfg.loss)  # unknown names fail here, before any training
     tracking.check(cfg.log)  # an enabled backend's package is missing
+
+
+LM_LOSSES = ("dsft", "token_kd")
+LM_AUX = ("none", "self")
+
+
+def check_lm_config(cfg: Config) -> None:
+    """Generative tasks (``w2s.lm.experiment``): the LM losses, and the classifier's settings
+    that LM runs do not implement yet, refused rather than silently ignored."""
+    loss, tr = cfg.loss, cfg.train
+    if loss.name not in LM_LOSSES:
+        raise ValueError(
+            f"loss {loss.name!r} is a classification loss; a generative task "
+            f"({cfg.task.kind}) trains with loss=dsft or loss=token_kd"
+        )
+    if loss.name == "token_kd":
+        check_token_divergence(loss.divergence, loss.temperature, loss.js_beta, loss.skew)
+    if not 0 <= loss.on_policy <= 1 or (loss.on_policy > 0 and loss.name != "token_kd"):
+        raise ValueError(f"loss.on_policy={loss.on_policy}: a share in [0, 1], and only for "
+                         "token_kd (the teacher scores the student's samples)")
+    if loss.aux not in LM_AUX:
+        raise ValueError(f"loss.aux={loss.aux!r}: LM runs offer {', '.join(LM_AUX)} "
+                         "(self: self-training on the student's own greedy answers)")
+    if loss.samples < 1 or (loss.samples > 1 and loss.sample_temperature <= 0):
+        raise ValueError(f"loss.samples={loss.samples} at loss.sample_temperature="
+                         f"{loss.sample_temperature}: several answers per prompt need a "
+                         "temperature > 0 (greedy answers repeat)")
+    unsupported = {
+        "train.early_stop.runs": (list(tr.early_stop.runs), []),
+        "train.vmap_seeds": (tr.vmap_seeds, 1),
+        "train.lora.rank": (tr.lora.rank, 0),
+        "train.grad_accum": (tr.grad_accum, 1),
+        "train.checkpoint_every": (tr.checkpoint_every, 0),
+        "train.select": (tr.select, "last"),
+        "dry_run": (cfg.dry_run, False),
+        "extra_weak": (list(cfg.extra_weak), []),
+        "s2s_rounds": (cfg.s2s_rounds, 0),
+        "log.tensorboard": (cfg.log.tensorboard, False),
+        "log.wandb": (cfg.log.wandb, False),
+        "log.mlflow": (cfg.log.mlflow, False),
+    }
+    for key, (got, plain) in unsupported.items():
+        if got != plain:
+            raise ValueError(f"{key}={got}: not implemented for language-model runs "
+                             f"(generative task {cfg.task.name!r}); set {key}={plain}")

@@ -43,11 +43,10 @@ def run(cfg: DictConfig) -> int:
         print_plan(cfg)
         return 0
     initialize(cfg.distributed)  # before anything touches a device
-    from w2s.pipeline import Experiment
     from w2s.timing import timed
 
     with timed() as t:
-        table = Experiment(cfg).run()
+        table = experiment(cfg).run()
     compiling, wall = [t["compile"]], t["seconds"]
     if not is_lead():
         return 0
@@ -56,6 +55,22 @@ def run(cfg: DictConfig) -> int:
     print(f"compiling: {compiling[0]:.1f} s of {wall:.1f} s ({100 * compiling[0] / wall:.1f} %)")
     print(f"runs written under {Path(cfg.results_dir).resolve()}/runs")
     return 0
+
+
+def experiment(cfg: DictConfig):
+    """The orchestrator for the task: classification (``w2s.pipeline``) or, for generative
+    tasks, language-model runs (``w2s.lm.experiment``)."""
+    from w2s.lm.tasks import is_generative
+
+    if is_generative(cfg.task):
+        from w2s.checks import check_config
+        from w2s.lm.experiment import LMExperiment
+
+        check_config(cfg)  # before anything loads or trains
+        return LMExperiment(cfg)
+    from w2s.pipeline import Experiment
+
+    return Experiment(cfg)
 
 
 def _compilation_cache(cache: Path) -> None:

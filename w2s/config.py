@@ -34,9 +34,8 @@ class TaskConfig:
     """Where a task's examples come from and how they are split into A, B, val and test."""
 
     name: str = MISSING  # short name used in run ids and tables
-    kind: str = (
-        MISSING  # sciq | boolq | cosmos_qa | amazon_polarity | anthropic_hh | bigbench | local
-    )
+    kind: str = MISSING  # classification: sciq | boolq | cosmos_qa | amazon_polarity |
+    # anthropic_hh | bigbench | local; generative (LM runs, w2s.lm): bigbench_gen | local_gen
     source: str | None = None  # HF dataset id, BIG-bench task path, or local data file
     path: str | None = None  # local file in the source's schema, used instead of downloading
     hf_split: str = "train"  # split of the HF dataset the examples are drawn from
@@ -48,9 +47,14 @@ class TaskConfig:
     n_test: int = 1000
     balance: bool = False  # class-balance every split
     max_length: int = 128  # tokens
-    overlong: str = "truncate"  # truncate | drop
+    overlong: str = "truncate"  # truncate | drop (generative: of references; prompts that
+    # leave no room for a response token are always dropped, and counted)
     split_seed: int | None = None  # None: the run's seed also draws the splits
     dedup: bool = True  # keep one copy of identical texts; counted in the task's dropped
+    # generative tasks: the longest answer generated, and chat formatting of prompts (None: when
+    # the tokenizer has a chat template)
+    max_new_tokens: int = 32
+    chat: bool | None = None
 
 
 @dataclass
@@ -76,6 +80,14 @@ class LossConfig:
     alpha_max: float = 0.0
     alpha_schedule: str = "constant"  # constant | linear | step | cosine
     gt_fraction: float = 0.0  # aux=gt: share of B whose ground truth is used (not pure W2S)
+    # language-model w2s (generative tasks; names dsft | token_kd): divergence above, plus
+    # fkl | rkl | js | tv | skew_fkl | skew_rkl; aux=self is self-training on the student's
+    # own greedy answers under the alpha schedule above
+    js_beta: float = 0.5  # js: the teacher's weight in the mixture m = b q + (1 - b) p
+    skew: float = 0.1  # skew_fkl / skew_rkl: lambda
+    on_policy: float = 0.0  # token_kd: share of batches on the student's own samples (GKD)
+    samples: int = 1  # weak answers per B prompt that the student learns from
+    sample_temperature: float = 0.0  # of those answers; 0: greedy
 
 
 @dataclass

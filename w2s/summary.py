@@ -40,8 +40,11 @@ def _test_rows(store: RunStore, kind: str, rid: str) -> pd.DataFrame:
     return df[df["split"] == "test"].drop_duplicates("id").set_index("id")
 
 
-def _correct(probs: pd.Series, labels: pd.Series) -> np.ndarray:
-    return np.stack(probs.to_numpy()).argmax(axis=1) == labels.to_numpy()
+def _correct(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's correctness: recorded (generative runs: exact match) or argmax == label."""
+    if "correct" in rows:
+        return rows["correct"].to_numpy(bool)
+    return np.stack(rows["probs"].to_numpy()).argmax(axis=1) == rows["label"].to_numpy()
 
 
 def seed_correctness(store: RunStore, row: pd.Series) -> tuple[np.ndarray, ...] | str:
@@ -67,7 +70,7 @@ def seed_correctness(store: RunStore, row: pd.Series) -> tuple[np.ndarray, ...] 
         if len(ids) == 0:
             return "no test example shared by the three runs"
         return tuple(
-            _correct(d.loc[ids, "probs"], d.loc[ids, "label"]) for d in (weak, ceiling, w2s)
+            _correct(d.loc[ids]) for d in (weak, ceiling, w2s)
         )
     except _READ_ERRORS as e:
         return f"predictions unreadable ({type(e).__name__})"

@@ -1,0 +1,115 @@
+"""Generative tasks from a task config (``task.kind`` bigbench_gen | local_gen), ready to split.
+
+Prompts are formatted once (the tokenizer's chat template, ``task.chat``) and measured in tokens:
+a prompt that leaves no room for a response token within ``task.max_length`` is dropped, and
+with ``task.overlong=drop`` so is an example whose reference does not fit after its prompt
+(``truncate`` cuts such references in SFT instead, counted by the runs). Identical prompts keep
+their first copy (``task.dedup``). Every drop is counted in ``dropped`` by reason, as for
+classification tasks, so that a run's record says what it never saw.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from w2s.config import TaskConfig
+from w2s.data.bigbench import task_file
+from w2s.data.tasks import DUPLICATE_REASON, DataError
+from w2s.lm.data import GenData, format_prompts, read_bigbench_generative, read_local_generative
+
+GENERATIVE_KINDS = ("bigbench_gen", "local_gen")
+PROMPT_TOO_LONG = "prompt leaves no room for a response within task.max_length"
+REFERENCE_TOO_LONG = "prompt and reference longer than task.max_length (task.overlong=drop)"
+
+
+def is_generative(task: TaskConfig) -> bool:
+    return task.kind in GENERATIVE_KINDS
+
+
+@dataclass
+class GenTask:
+    """A generative task after formatting and drops: ``prompts`` are chat-formatted."""
+
+    data: GenData
+    prompts: list[str]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.data.name
+
+    @property
+    def ids(self) -> list[str]:
+        return self.data.ids
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def _read(cfg: TaskConfig, cache_dir: Path) -> GenData:
+    if cfg.kind == "local_gen":
+        if not cfg.path:
+            raise DataError(f"task {cfg.name!r}: kind local_gen needs task.path to a data file")
+        return read_local_generative(cfg.path, cfg.name)
+    path = task_file(cfg, cache_dir)
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    examples = raw.get("examples") if isinstance(raw, dict) else None
+    if examples and not any("target" in ex for ex in examples if isinstance(ex, dict)):
+        raise DataError(
+            f"{path}: no example has a 'target' string, so this is not a generative task; "
+            "use task.kind=bigbench to classify its choices"
+        )
+    return read_bigbench_generative(path, cfg.name)
+
+
+def _subset(data: GenData, keep: list[int]) -> GenData:
+    return GenData(
+        data.name,
+        [data.ids[i] for i in keep],
+        [data.prompts[i] for i in keep],
+        [data.responses[i] for i in keep],
+        [data.answers[i] for i in keep],
+    )
+
+
+def load_generative(cfg: TaskConfig, cache_dir: str | Path, tokenizer, eos: bool = True) -> GenTask:
+    """The task's examples with formatted prompts, after the drops the module doc lists."""
+    if cfg.balance:
+        raise ValueError(f"task {cfg.name!r}: task.balance needs class labels; a generative "
+                         "task has none (set task.balance=false)")
+    if cfg.overlong not in ("truncate", "drop"):
+        raise ValueError(f"task.overlong must be truncate or drop, not {cfg.overlong!r}")
+    data = _read(cfg, Path(cache_dir).expanduser())
+    prompts = format_prompts(tokenizer, data.prompts, cfg.chat)
+    p_len = [len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    r_len = [len(x) + int(eos) for x in
+             tokenizer(data.responses, add_special_tokens=False)["input_ids"]]
+    dropped: dict[str, int] = {}
+    seen: set[str] = set()
+    keep = []
+    for i, (p, lp, lr) in enumerate(zip(prompts, p_len, r_len, strict=True)):
+        if lp + 1 > cfg.max_length:
+            reason = PROMPT_TOO_LONG
+        elif cfg.overlong == "drop" and lp + lr > cfg.max_length:
+            reason = REFERENCE_TOO_LONG
+        elif cfg.dedup and p in seen:
+            reason = DUPLICATE_REASON
+        else:
+            seen.add(p)
+            keep.append(i)
+            continue
+        dropped[reason] = dropped.get(reason, 0) + 1
+    if not keep:
+        raise DataError(f"task {cfg.name!r}: every example was dropped ({dropped})")
+    return GenTask(_subset(data, keep), [prompts[i] for i in keep], dropped)
+
+
+def split_rows(task: GenTask, index: np.ndarray) -> tuple[list[str], list[str], list[list[str]]]:
+    """(formatted prompts, references, accepted answers) of the rows ``index``."""
+    d = task.data
+    return ([task.prompts[i] for i in index], [d.responses[i] for i in index],
+            [d.answers[i] for i in index])
