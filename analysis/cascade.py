@@ -47,13 +47,23 @@ def deferral_curve(
 ) -> DeferralCurve:
     """The cascade's deferral curve and both reference curves on one split."""
     labels = np.asarray(labels)
-    n = len(labels)
+    return scored_deferral_curve(
+        weak_probs.max(axis=1), weak_probs.argmax(axis=1) == labels,
+        strong_probs.argmax(axis=1) == labels,
+    )
+
+
+def scored_deferral_curve(
+    weak_confidence: np.ndarray, weak_correct: np.ndarray, strong_correct: np.ndarray
+) -> DeferralCurve:
+    """:func:`deferral_curve` from each example's weak confidence and both models'
+    correctness (what a generative run records: it has no class probabilities)."""
+    weak_correct, strong_correct = np.asarray(weak_correct), np.asarray(strong_correct)
+    n = len(weak_correct)
     if n == 0:
         raise ValueError("deferral curve needs at least one example")
-    weak_correct = weak_probs.argmax(axis=1) == labels
-    strong_correct = strong_probs.argmax(axis=1) == labels
     share = np.arange(n + 1) / n
-    order = np.argsort(weak_probs.max(axis=1), kind="stable")
+    order = np.argsort(np.asarray(weak_confidence), kind="stable")
     accuracy = _curve_for_order(weak_correct, strong_correct, order)
     gain = strong_correct.astype(int) - weak_correct.astype(int)
     oracle_order = np.lexsort((weak_correct, -gain))  # gain descending, then weak errors first

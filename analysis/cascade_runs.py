@@ -26,9 +26,9 @@ from analysis.cascade import (
     audc,
     cascade_cost,
     cpt,
-    deferral_curve,
     monotonicity,
     normalised_audc,
+    scored_deferral_curve,
     threshold_for_budget,
 )
 from analysis.predictions import PredictionStore, SplitPredictions, align
@@ -115,7 +115,7 @@ def _unit_metrics(
     ``seconds``: measured (weak, strong) inference seconds per example, reported next to the
     costs whatever unit the costs use (NaN when not measured).
     """
-    curve = deferral_curve(weak.probs, strong.probs, weak.labels)
+    curve = scored_deferral_curve(weak.confidence, weak.correct, strong.correct)
     shares = cpt(curve, PGR_LEVELS, eps)
     mono = monotonicity(curve)
     s_weak, s_strong = (float(x) for x in seconds)

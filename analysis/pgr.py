@@ -374,7 +374,9 @@ def _pair_prediction_metrics(
     except ValueError as e:
         return np.nan, None, f"w2s run {row.w2s_run}: {e}"
     counts = joint_pattern_counts(weak.correct, ceiling.correct, w2s.correct) if counts_ok else None
-    return agreement(weak.probs, w2s.probs), counts, warning
+    if len(weak) == 0:
+        return np.nan, counts, warning
+    return float(np.mean(weak.predicted == w2s.predicted)), counts, warning
 
 
 def add_prediction_metrics(pairs: pd.DataFrame, store: PredictionStore) -> list[str]:

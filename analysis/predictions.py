@@ -40,35 +40,84 @@ class SplitPredictions:
 
     ``ids`` stay a pyarrow string array: comparing two runs' ids is then one C++ call, and no
     Python string objects are made for the usual case where runs list the same examples.
+
+    A generative run (``w2s.lm.experiment``) has no classes: its rows carry the answer
+    (normalised text, what agreement compares), whether it was an exact match, and its
+    confidence, ``exp`` of the answer's mean token log-probability (the geometric-mean token
+    probability, in (0, 1]). ``probs`` is then ``[n, 0]`` and ``labels`` are 0.
     """
 
     ids: pa.Array
     labels: np.ndarray
     probs: np.ndarray
+    answers: np.ndarray | None = None  # generative runs only, with the two below
+    answer_correct: np.ndarray | None = None
+    answer_confidence: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def generative(self) -> bool:
+        return self.answers is not None
+
     @cached_property
     def predicted(self) -> np.ndarray:
-        return self.probs.argmax(axis=1)
+        return self.answers if self.generative else self.probs.argmax(axis=1)
 
     @cached_property
     def confidence(self) -> np.ndarray:
-        """Max predicted probability: the confidence a cascade thresholds on."""
-        return self.probs.max(axis=1)
+        """Max predicted probability (generative: the answer's): what a cascade thresholds on."""
+        return self.answer_confidence if self.generative else self.probs.max(axis=1)
 
     @cached_property
     def correct(self) -> np.ndarray:
-        return self.predicted == self.labels
+        return self.answer_correct if self.generative else self.predicted == self.labels
 
     def id_strings(self) -> np.ndarray:
         return self.ids.to_numpy(zero_copy_only=False)
 
     def take(self, index: np.ndarray) -> SplitPredictions:
+        extra = {}
+        if self.generative:
+            extra = {k: getattr(self, k)[index]
+                     for k in ("answers", "answer_correct", "answer_confidence")}
         return SplitPredictions(
-            self.ids.take(pa.array(index)), self.labels[index], self.probs[index]
+            self.ids.take(pa.array(index)), self.labels[index], self.probs[index], **extra
         )
+
+
+GENERATIVE_COLUMNS = ["id", "split", "text", "correct", "confidence"]
+
+
+def _generative_splits(table: pa.Table, splits: tuple[str, ...]) -> dict[str, SplitPredictions]:
+    """A generative run's rows (module doc of ``SplitPredictions``), split by split."""
+    from w2s.lm.metrics import normalize
+
+    out = {}
+    split_col = table["split"].to_numpy(zero_copy_only=False)
+    for split in splits:
+        rows = np.flatnonzero(split_col == split)
+        if len(rows) == 0:
+            continue
+        t = table.take(pa.array(rows))
+        logp = t["confidence"].to_numpy(zero_copy_only=False).astype(np.float64)
+        if np.isnan(logp).any() or (logp > 0).any():
+            raise ValueError(f"confidence must be a mean log-probability (<= 0) in split {split}")
+        n = len(rows)
+        out[split] = SplitPredictions(
+            t["id"].combine_chunks().cast(pa.string()),
+            np.zeros(n, np.int64),
+            np.zeros((n, 0)),
+            answers=np.array([normalize(x) for x in t["text"].to_pylist()], dtype=object),
+            answer_correct=t["correct"].to_numpy(zero_copy_only=False).astype(bool),
+            answer_confidence=np.exp(logp),
+        )
+    return out
+
+
+def _is_generative(table: pa.Table) -> bool:
+    return "correct" in table.column_names and "probs" not in table.column_names
 
 
 Result = dict[str, SplitPredictions] | Exception
@@ -118,6 +167,8 @@ def _by_file(
 def _read_table(run_dir: str) -> pa.Table:
     # ParquetFile.read skips the dataset layer of read_table: several times faster on small files
     with pq.ParquetFile(Path(run_dir) / PREDICTIONS_FILE) as f:
+        if "probs" not in f.schema_arrow.names and "correct" in f.schema_arrow.names:
+            return f.read(columns=GENERATIVE_COLUMNS, use_threads=False)
         table = f.read(columns=COLUMNS, use_threads=False)
     return table if table.schema.equals(SCHEMA) else table.cast(SCHEMA)
 
@@ -127,6 +178,8 @@ def read_splits(
 ) -> dict[str, SplitPredictions]:
     """The requested splits of one run's predictions (a split with no rows is left out)."""
     table = _read_table(str(run_dir))
+    if _is_generative(table):
+        return _generative_splits(table, tuple(splits))
     result = _by_file(table, np.zeros(table.num_rows, dtype=np.int64), 1, tuple(splits))[0]
     if isinstance(result, Exception):
         raise result
@@ -177,8 +230,15 @@ def scan_splits(
         for start in range(0, len(todo), chunk):
             dirs = todo[start : start + chunk]
             tables = list(pool.map(_read_or_error, dirs))
-            good = [i for i, t in enumerate(tables) if not isinstance(t, Exception)]
             results: list[Result] = list(tables)  # errors stay in place
+            for i, t in enumerate(tables):  # generative runs: read on their own
+                if not isinstance(t, Exception) and _is_generative(t):
+                    try:
+                        results[i] = _generative_splits(t, splits)
+                    except ValueError as e:
+                        results[i] = e
+            good = [i for i, t in enumerate(tables)
+                    if not isinstance(t, Exception) and not _is_generative(t)]
             if good:
                 merged = pa.concat_tables([tables[i] for i in good])
                 index = np.repeat(np.arange(len(good)), [tables[i].num_rows for i in good])

@@ -217,3 +217,41 @@ def test_a_bigbench_task_without_target_is_refused(tmp_path, word_lm):
     with pytest.raises(DataError, match=r"mc/task.json: no example has a 'target'"):
         load_generative(cfg, tmp_path, word_lm[1])
 
+
+
+def test_analysis_scores_generative_runs_by_exact_match(results, tmp_path):
+    """w2s-analyze on the LM runs: PGR from exact match, agreement of normalised answers, and the
+    weak -> strong cascade deferring on the weak answers' confidence, all recomputed here."""
+    from analysis.cli import main
+    from w2s.lm.metrics import normalize
+
+    assert main([str(results), "--out", str(tmp_path)]) == 0
+    runs = pd.read_csv(tmp_path / "pgr_runs.csv")
+    assert len(runs) == len(_metrics(results, "w2s")) >= 1
+
+    def test_rows(kind, rid):
+        df = pd.read_parquet(results / "runs" / kind / rid / "predictions.parquet")
+        return df.set_index("id")
+
+    (w,) = _metrics(results, "weak").values()
+    (c,) = _metrics(results, "ceiling").values()
+    weak, ceiling = test_rows("weak", w["run_id"]), test_rows("ceiling", c["run_id"])
+    for r in runs.itertuples():
+        s = test_rows("w2s", r.w2s_run).loc[weak.index]
+        em = {k: d["correct"].mean() for k, d in (("w", weak), ("c", ceiling), ("s", s))}
+        assert r.acc_weak == pytest.approx(em["w"]) and r.acc_w2s == pytest.approx(em["s"])
+        assert r.pgr == pytest.approx((em["s"] - em["w"]) / (em["c"] - em["w"]))
+        same = [normalize(a) == normalize(b) for a, b in zip(weak.text, s.text, strict=True)]
+        assert r.agreement == pytest.approx(np.mean(same))
+    # the cascade: defer the k least confident weak answers to the ceiling, k = 0..n
+    cas = pd.read_csv(tmp_path / "cascade.csv").iloc[0]
+    ceil = ceiling.loc[weak.index, "correct"].to_numpy()
+    order = np.argsort(weak["confidence"].to_numpy(), kind="stable")
+    acc = []
+    for k in range(len(order) + 1):
+        correct = weak["correct"].to_numpy().copy()
+        correct[order[:k]] = ceil[order[:k]]
+        acc.append(correct.mean())
+    share = np.arange(len(order) + 1) / len(order)
+    assert cas.acc_weak == pytest.approx(em["w"]) and cas.acc_strong == pytest.approx(em["c"])
+    assert cas.audc == pytest.approx(np.trapezoid(acc, share))

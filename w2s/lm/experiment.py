@@ -26,8 +26,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jax
 import numpy as np
 import pandas as pd
+from flax import nnx
 from omegaconf import OmegaConf
 
 from w2s import provenance, runs
@@ -211,9 +213,11 @@ class LMExperiment:
             result = train_lm(self.load(m), rows, cfg.train, lr=self.lr(m), seed=spec.seed, **kw)
         lm = result.lm
         prompts_t, refs_t, answers_t = self.rows(m, splits["test"])
-        test = evaluate(lm, tok, prompts_t, refs_t, answers_t, max_length=cfg.task.max_length,
-                        max_new_tokens=cfg.task.max_new_tokens, eos_id=eos,
-                        batch_size=cfg.train.eval_batch_size)
+        with timed() as t_eval:  # greedy answers and reference NLL: a cascade's cost per call
+            test = evaluate(lm, tok, prompts_t, refs_t, answers_t,
+                            max_length=cfg.task.max_length,
+                            max_new_tokens=cfg.task.max_new_tokens, eos_id=eos,
+                            batch_size=cfg.train.eval_batch_size)
         test_ids = [self.task.ids[i] for i in splits["test"]]
         if spec.kind == "weak":
             save_params(lm, d / "weights")
@@ -237,6 +241,8 @@ class LMExperiment:
             "steps": len(result.loss_history),
             "loss_history": [[s, round(v, 6)] for s, v in result.loss_history],
             "mean_test_confidence": float(np.mean(test["confidence"])),
+            "n_params": int(sum(x.size for x in jax.tree.leaves(nnx.state(lm, nnx.Param)))),
+            "predict_seconds_per_example": (t_eval["seconds"] - t_eval["compile"]) / test["n"],
             **provenance.code(),
             "models": {n: {"path": self.paths[n], "checkpoint": provenance.checkpoint(self.paths[n])}
                        for n in ([m.name] if spec.kind != "w2s"
