@@ -111,3 +111,23 @@ def test_bigbench_targets(tmp_path):
     data = read_bigbench_generative(path)
     assert data.name == "arith" and data.responses == ["4", "2", "b"]
     assert data.answers == [["4", "four"], ["2"], ["b"]]
+
+
+def test_arithmetic_task_is_fixed_distinct_and_right():
+    import re
+
+    from w2s.lm.tasks import arithmetic
+
+    d = arithmetic("2_digit_addition")
+    assert len(d) == 90 * 90 and len(set(d.prompts)) == len(d)  # every pair of 10..99, once
+    assert d.prompts == arithmetic("2_digit_addition").prompts  # the same on every call
+    for p, r, a in zip(d.prompts[:200], d.responses, d.answers, strict=False):
+        x, y = map(int, re.fullmatch(r"What is (\d+) plus (\d+)\?", p).groups())
+        assert 10 <= x <= 99 and 10 <= y <= 99 and r == str(x + y) and a == [r]
+    sub = arithmetic("1_digit_subtraction")
+    assert len(sub) == 100 and "What is 3 minus 7?" in sub.prompts
+    assert sub.responses[sub.prompts.index("What is 3 minus 7?")] == "-4"
+    mul = arithmetic("3_digit_multiplication")
+    assert len(mul) == 20_000 and len(set(mul.ids)) == 20_000
+    with pytest.raises(DataError, match="2_digit_addition"):
+        arithmetic("2_digit_division")

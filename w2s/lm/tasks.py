@@ -1,4 +1,5 @@
-"""Generative tasks from a task config (``task.kind`` bigbench_gen | local_gen), ready to split.
+"""Generative tasks from a task config (``task.kind`` bigbench_gen | local_gen | arithmetic),
+ready to split.
 
 Prompts are formatted once (the tokenizer's chat template, ``task.chat``) and measured in tokens:
 a prompt that leaves no room for a response token within ``task.max_length`` is dropped, and
@@ -21,7 +22,7 @@ from w2s.data.bigbench import task_file
 from w2s.data.tasks import DUPLICATE_REASON, DataError
 from w2s.lm.data import GenData, format_prompts, read_bigbench_generative, read_local_generative
 
-GENERATIVE_KINDS = ("bigbench_gen", "local_gen")
+GENERATIVE_KINDS = ("bigbench_gen", "local_gen", "arithmetic")
 PROMPT_TOO_LONG = "prompt leaves no room for a response within task.max_length"
 REFERENCE_TOO_LONG = "prompt and reference longer than task.max_length (task.overlong=drop)"
 
@@ -50,7 +51,37 @@ class GenTask:
         return len(self.data)
 
 
+OPERATIONS = {"addition": "plus", "subtraction": "minus", "multiplication": "times"}
+ARITHMETIC_POOL = 20_000  # problems drawn (fewer where the digits allow fewer)
+
+
+def arithmetic(source: str, name: str | None = None, seed: int = 0) -> GenData:
+    """Questions in BIG-bench ``arithmetic``'s format ("What is 29 plus 53?" -> "82") for a
+    sub-task named as there, ``<d>_digit_<operation>``, drawn without repeats from a fixed
+    seed: the same task on every machine, made here (not BIG-bench's own examples)."""
+    digits, _, op = source.partition("_digit_")
+    if not digits.isdigit() or op not in OPERATIONS or not 1 <= int(digits) <= 5:
+        raise DataError(f"arithmetic task source {source!r}: use <d>_digit_<operation> with d in "
+                        f"1..5 and operation in {', '.join(OPERATIONS)}, e.g. 2_digit_addition")
+    d = int(digits)
+    lo, hi = (0 if d == 1 else 10 ** (d - 1)), 10**d
+    n = min(ARITHMETIC_POOL, (hi - lo) ** 2)
+    rng = np.random.default_rng(seed)
+    flat = rng.choice((hi - lo) ** 2, size=n, replace=False)
+    a, b = lo + flat // (hi - lo), lo + flat % (hi - lo)
+    value = {"addition": a + b, "subtraction": a - b, "multiplication": a * b}[op]
+    return GenData(
+        name or f"arithmetic_{source}",
+        [f"{x}{OPERATIONS[op][0]}{y}" for x, y in zip(a, b, strict=True)],
+        [f"What is {x} {OPERATIONS[op]} {y}?" for x, y in zip(a, b, strict=True)],
+        [str(v) for v in value],
+        [[str(v)] for v in value],
+    )
+
+
 def _read(cfg: TaskConfig, cache_dir: Path) -> GenData:
+    if cfg.kind == "arithmetic":
+        return arithmetic(cfg.source or "", cfg.name)
     if cfg.kind == "local_gen":
         if not cfg.path:
             raise DataError(f"task {cfg.name!r}: kind local_gen needs task.path to a data file")
