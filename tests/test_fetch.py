@@ -126,6 +126,21 @@ def test_bigbench_via_index_checks_sha_and_deletes_tarball(tmp_path, monkeypatch
     assert "BIG-bench tasks:" in capsys.readouterr().out
 
 
+def test_bigbench_missing_from_the_index_says_how_to_fetch_from_a_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """The index lists only bigbench 0.0.1 (as PyPI does now): one clear line, nothing left."""
+    page = '<html><body><a href="../../packages/aa/bigbench-0.0.1.tar.gz">x</a></body></html>'
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/simple")
+    monkeypatch.setattr(fetch, "_open", lambda url, timeout=60.0: io.BytesIO(page.encode()))
+    cache = tmp_path / "cache"
+    assert fetch.main(["--cache-dir", str(cache), "--only", "bigbench"]) != 0
+    err = capsys.readouterr().err
+    assert "bigbench-1.0.0.tar.gz is not listed on https://mirror.example/simple/bigbench/" in err
+    assert "--only bigbench --from FOLDER" in err
+    assert not (cache / "bigbench").exists()
+
+
 def test_bad_sha_fails_and_leaves_nothing(tmp_path, monkeypatch, capsys):
     blob = _sdist(tmp_path).read_bytes()
     page = f'<a href="https://files.example/bigbench-1.0.0.tar.gz#sha256={"0" * 64}">x</a>'

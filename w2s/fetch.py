@@ -274,7 +274,14 @@ def fetch_bigbench(cache: Path, source_dir: Path | None = None) -> Path:
                     page = response.read().decode("utf-8", errors="replace")
             except OSError as err:
                 raise FetchError(f"cannot read the package index page {page_url}: {err}") from err
-            url, sha = find_file(page, page_url, BIGBENCH_SDIST)
+            try:
+                url, sha = find_file(page, page_url, BIGBENCH_SDIST)
+            except FetchError as err:  # the index dropped the release (it lists only 0.0.1)
+                raise FetchError(
+                    f"{err}: the package index no longer offers it; with a copy of "
+                    f"{BIGBENCH_SDIST} in a folder, run `w2s-fetch --only bigbench --from "
+                    "FOLDER`"
+                ) from err
             if sha is None:
                 print(f"warning: {page_url} gives no sha256 for {BIGBENCH_SDIST}; not verified")
             sdist = scratch / BIGBENCH_SDIST
