@@ -131,3 +131,20 @@ def test_arithmetic_task_is_fixed_distinct_and_right():
     assert len(mul) == 20_000 and len(set(mul.ids)) == 20_000
     with pytest.raises(DataError, match="2_digit_addition"):
         arithmetic("2_digit_division")
+
+
+def test_trim_drops_only_all_pad_columns():
+    from w2s.lm.data import SFTBatch, trim
+
+    ids = np.zeros((2, 40), np.int32)
+    ids[0, :9], ids[1, :5] = np.arange(1, 10), np.arange(1, 6)
+    mask = (ids > 0).astype(np.int32)
+    loss = mask.copy()
+    loss[:, :3] = 0
+    rows = SFTBatch(ids, mask, loss, np.array([3, 3]), 0)
+    t = trim(rows)
+    assert t.input_ids.shape == (2, 16)  # the longest row (9) rounded up to 8's multiple
+    np.testing.assert_array_equal(t.input_ids, ids[:, :16])
+    np.testing.assert_array_equal(t.loss_mask, loss[:, :16])
+    assert trim(rows, room=20).input_ids.shape == (2, 24)  # prompt (3) + 20 generated tokens
+    assert trim(rows, room=100) is rows  # never wider than the rows were

@@ -144,3 +144,17 @@ def sft_tokenize(
         loss[i, len(p) : len(seq)] = 1
         plen[i] = len(p)
     return SFTBatch(ids, attn, loss, plen, truncated)
+
+
+def trim(rows: SFTBatch, room: int = 0, multiple: int = 8) -> SFTBatch:
+    """The same rows without the all-pad columns past the longest row (or past the longest
+    prompt plus ``room`` tokens the step may generate), rounded up to ``multiple``: a task whose
+    rows are far shorter than ``task.max_length`` then trains and scores on short arrays."""
+    width = rows.input_ids.shape[1]
+    used = int(rows.attention_mask.sum(1).max(initial=1))
+    need = max(used, int(rows.prompt_lengths.max(initial=0)) + room)
+    keep = min(width, -(-need // multiple) * multiple)
+    if keep == width:
+        return rows
+    return SFTBatch(rows.input_ids[:, :keep], rows.attention_mask[:, :keep],
+                    rows.loss_mask[:, :keep], rows.prompt_lengths, rows.truncated)

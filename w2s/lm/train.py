@@ -17,7 +17,7 @@ from flax import nnx
 
 from w2s.config import TrainConfig
 from w2s.generate import generate
-from w2s.lm.data import SFTBatch, sft_tokenize
+from w2s.lm.data import SFTBatch, sft_tokenize, trim
 from w2s.lm.generations import answer
 from w2s.lm.losses import row_nll
 from w2s.lm.metrics import exact_match
@@ -115,6 +115,8 @@ def train_lm(
         raise ValueError("on-policy distillation needs a teacher and 0 <= fraction <= 1")
     if aux is not None and eos_id is None:
         raise ValueError("self-training (aux) needs eos_id to cut the student's own answers")
+    room = max(on_policy.max_new_tokens if on_policy else 0, aux_max_new_tokens if aux else 0)
+    rows = trim(rows, room)  # generated answers must fit too
     bs = min(cfg.batch_size, n)
     per_epoch = -(-n // bs)
     total = per_epoch * cfg.epochs
@@ -160,6 +162,7 @@ def train_lm(
 def reference_nll(lm, rows: SFTBatch, batch_size: int = 64) -> np.ndarray:
     """Each row's mean NLL per reference token [N] under ``lm`` (teacher-forced)."""
     graphdef, params = nnx.split(lm)
+    rows = trim(rows)
     out = []
     for start in range(0, len(rows.input_ids), batch_size):
         idx = np.arange(start, min(start + batch_size, len(rows.input_ids)))
