@@ -303,6 +303,9 @@ def pair_runs(
             auroc_weak=supervision.pop("auroc_weak"),
             auroc_ceiling=ceiling["auroc"] if ceiling else np.nan,
             auroc_w2s=w["auroc"],
+            nll_weak=weak["nll"] if weak and supervision["supervisor"] == "weak run" else np.nan,
+            nll_ceiling=ceiling["nll"] if ceiling else np.nan,
+            nll_w2s=w["nll"],
             **supervision,
             weak_seconds=weak["predict_seconds_per_example"] if weak else np.nan,
             ceiling_seconds=ceiling["predict_seconds_per_example"] if ceiling else np.nan,
@@ -331,6 +334,8 @@ def pair_runs(
     pairs["pgr"] = pgr(pairs["acc_w2s"], pairs["acc_weak"], pairs["acc_ceiling"], eps)
     pairs["gap_auroc_ok"] = (pairs["auroc_ceiling"] - pairs["auroc_weak"]) > eps
     pairs["pgr_auroc"] = pgr(pairs["auroc_w2s"], pairs["auroc_weak"], pairs["auroc_ceiling"], eps)
+    # generative runs: the same ratio from the reference NLL (lower is better, so negated)
+    pairs["pgr_nll"] = pgr(-pairs["nll_w2s"], -pairs["nll_weak"], -pairs["nll_ceiling"], eps)
     pairs["agreement"] = np.nan
     pairs["pattern_counts"] = None
     return pairs.sort_values([*PAIR_KEYS, *group_keys, "seed", "w2s_run"], ignore_index=True)
@@ -557,6 +562,7 @@ def aggregate_pgr(
         agreement=("agreement", "mean"),
         gap_se=("_gap_se", "mean"),
         n_flagged=("_flagged", "sum"),
+        **({"pgr_nll_mean": ("pgr_nll", "mean")} if "pgr_nll" in pairs else {}),
     ).reset_index()
     summary["n_unpaired"] = summary["n_runs"] - summary["n_paired"]
     summary["gap_ok"] = summary["n_flagged"] == 0

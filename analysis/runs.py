@@ -34,6 +34,7 @@ RUN_COLUMNS = (
     "seed",
     "accuracy",
     "auroc",
+    "nll",  # generative runs: mean reference-token NLL on test
     "n_test",
     "train_seconds",
     "examples_per_second",
@@ -66,6 +67,7 @@ RUN_COLUMNS = (
 )
 _NUMERIC_OPTIONAL = (
     "auroc",
+    "nll",
     "n_test",
     "train_seconds",
     "examples_per_second",

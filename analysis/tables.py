@@ -122,6 +122,8 @@ def main_table(
             ],
         }
     )
+    if "pgr_nll_mean" in summary and np.isfinite(summary["pgr_nll_mean"]).any():
+        columns["PGR (NLL)"] = summary["pgr_nll_mean"].map(fmt)  # generative runs
     display = pd.DataFrame(columns)
     n_flagged = int(summary["n_flagged"].sum())
     notes = [AGGREGATION_NOTE.format(n_resamples=f"{n_resamples:,}", eps=eps, k=gap_se)]
@@ -141,6 +143,12 @@ def main_table(
         "acc: test accuracy, mean over seeds. PGR (AUROC): the same ratio from test AUROC, mean. "
         "agree: share of test examples where the w2s and weak argmax agree, mean."
     )
+    if "PGR (NLL)" in columns:
+        notes.append(
+            "Generative runs: acc is exact match; agree compares normalised answers; PGR (NLL): "
+            "(nll_weak − nll_w2s)/(nll_weak − nll_ceiling) from the mean reference-token NLL on "
+            "test, mean."
+        )
     if summary["n_unpaired"].sum():
         notes.append(
             f"{int(summary['n_unpaired'].sum())} w2s runs lack a weak or ceiling run (unpaired)."

@@ -243,6 +243,11 @@ def test_analysis_scores_generative_runs_by_exact_match(results, tmp_path):
         assert r.pgr == pytest.approx((em["s"] - em["w"]) / (em["c"] - em["w"]))
         same = [normalize(a) == normalize(b) for a, b in zip(weak.text, s.text, strict=True)]
         assert r.agreement == pytest.approx(np.mean(same))
+        nll = {k: m["nll"] for k, m in (("w", w), ("c", c),
+                                          ("s", _metrics(results, "w2s")[r.w2s_run]))}
+        assert r.pgr_nll == pytest.approx((nll["w"] - nll["s"]) / (nll["w"] - nll["c"]))
+        assert np.isclose(nll["s"], pd.read_parquet(
+            results / "runs" / "w2s" / r.w2s_run / "predictions.parquet")["nll"].mean())
     # the cascade: defer the k least confident weak answers to the ceiling, k = 0..n
     cas = pd.read_csv(tmp_path / "cascade.csv").iloc[0]
     ceil = ceiling.loc[weak.index, "correct"].to_numpy()
@@ -255,3 +260,4 @@ def test_analysis_scores_generative_runs_by_exact_match(results, tmp_path):
     share = np.arange(len(order) + 1) / len(order)
     assert cas.acc_weak == pytest.approx(em["w"]) and cas.acc_strong == pytest.approx(em["c"])
     assert cas.audc == pytest.approx(np.trapezoid(acc, share))
+    assert "PGR (NLL)" in (tmp_path / "pgr_main.md").read_text()
