@@ -261,3 +261,15 @@ def test_analysis_scores_generative_runs_by_exact_match(results, tmp_path):
     assert cas.acc_weak == pytest.approx(em["w"]) and cas.acc_strong == pytest.approx(em["c"])
     assert cas.audc == pytest.approx(np.trapezoid(acc, share))
     assert "PGR (NLL)" in (tmp_path / "pgr_main.md").read_text()
+
+
+def test_an_empty_prompt_is_refused_by_row(tmp_path, word_lm):
+    from w2s.config import TaskConfig
+    from w2s.lm.tasks import load_generative
+
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps({"examples": [{"input": "w1 w2", "target": "w1"},
+                                             {"input": "  ", "target": "w2"}]}))
+    cfg = TaskConfig(name="t", kind="bigbench_gen", path=str(path))
+    with pytest.raises(DataError, match=r"example 1 \(id '1'\) has an empty prompt"):
+        load_generative(cfg, tmp_path, word_lm[1])

@@ -115,6 +115,11 @@ def load_generative(cfg: TaskConfig, cache_dir: str | Path, tokenizer, eos: bool
     if cfg.overlong not in ("truncate", "drop"):
         raise ValueError(f"task.overlong must be truncate or drop, not {cfg.overlong!r}")
     data = _read(cfg, Path(cache_dir).expanduser())
+    empty = [i for i, p in enumerate(data.prompts) if not p.strip()]
+    if empty:
+        where = cfg.path or cfg.source
+        raise DataError(f"task {cfg.name!r} ({where}): example {empty[0]} (id "
+                        f"{data.ids[empty[0]]!r}) has an empty prompt ({len(empty)} in all)")
     prompts = format_prompts(tokenizer, data.prompts, cfg.chat)
     p_len = [len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     r_len = [len(x) + int(eos) for x in
