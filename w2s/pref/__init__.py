@@ -1,0 +1,1 @@
+"""Preference weak-to-strong: pairwise losses (reward models, DPO); more to come."""
