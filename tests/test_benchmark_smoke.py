@@ -228,3 +228,74 @@ def test_time_steps_is_seconds_per_step(tt):
     assert len(calls) == 4
     assert 0.02 <= per_step < 0.05  # 4 x 20 ms / 4; not the total (0.08), not wall / 16
     assert others >= 0
+
+
+GENERATE = SCRIPT.with_name("generate.py")
+
+
+def test_generate_benchmark_smoke_reports_what_it_timed(monkeypatch, tmp_path):
+    """benchmarks/generate.py --smoke in-process on a tiny random Llama: the reported seconds
+    are the interleaved timed calls (after the warm-ups), the rates follow from them and from
+    the batch, both sides decode the same greedy tokens, and both SFT steps compute the same
+    loss on the first step and, after one optimizer update each, on the second."""
+    import json
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("generate_benchmark", GENERATE)
+    gb = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, gb)  # registered, as dataclasses need
+    spec.loader.exec_module(gb)
+    timed: list[float] = []
+    time_steps = gb.tt.time_steps
+
+    def recorded(step, n):
+        seconds, others = time_steps(step, n)
+        timed.append(seconds)
+        return seconds, others
+
+    monkeypatch.setattr(gb.tt, "time_steps", recorded)
+    threads = torch.get_num_threads()
+    out = tmp_path / "smoke.json"
+    assert gb.main(["--smoke", "--json", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # --smoke's torch_threads=1 is undone
+    res = json.loads(out.read_text())
+    smoke = gb.SMOKE_ARGS
+    repeats, new = smoke["repeats"], smoke["new_tokens"]
+
+    def in_timing_order(sides: dict, names: list[str], n: int) -> list[float]:
+        """The reported seconds in the documented order: alternating, reversed every other
+        repeat."""
+        return [
+            sides[k]["seconds_all"][r]
+            for r in range(n)
+            for k in (names if r % 2 == 0 else names[::-1])
+        ]
+
+    reported = []
+    batches = [int(b) for b in smoke["batches"].split(",")]
+    assert [g["batch"] for g in res["generation"]] == batches
+    for g in res["generation"]:
+        sides = g["sides"]
+        reported += in_timing_order(sides, ["w2s", "transformers"], repeats)
+        for side in sides.values():
+            assert len(side["seconds_all"]) == repeats
+            assert side["seconds_median"] == statistics.median(side["seconds_all"])
+            assert side["tokens_per_s"] == pytest.approx(g["batch"] * new / side["seconds_median"])
+        assert g["ratio"] == pytest.approx(
+            sides["w2s"]["tokens_per_s"] / sides["transformers"]["tokens_per_s"]
+        )
+        assert g["rows_identical"] == 1.0 and g["tokens_identical"] == 1.0, g
+        prompts = gb.cycle(gb.random_texts(gb.SMOKE_CONFIG["vocab_size"]).prompts, g["batch"])
+        assert g["prompt_lengths"] == [len(p) for p in prompts]
+    s = res["sft"]
+    reported += in_timing_order(s["sides"], ["w2s", "torch"], smoke["sft_repeats"])
+    assert timed == reported  # every timed call reported, nothing else (no warm-up, no compile)
+    texts = gb.random_texts(gb.SMOKE_CONFIG["vocab_size"])
+    data = gb.sft_batch(texts, smoke["sft_batch"], smoke["sft_seq"])
+    assert s["tokens"] == int(data["attention_mask"].sum()) < data["input_ids"].size
+    for side in s["sides"].values():
+        assert side["tokens_per_s"] == pytest.approx(s["tokens"] / side["seconds_median"])
+    (w1, w2), (t1, t2) = s["sides"]["w2s"]["losses"], s["sides"]["torch"]["losses"]
+    assert abs(w1 - t1) < 1e-4 and abs(w2 - t2) < 1e-4, (w1, t1, w2, t2)
+    assert w2 < w1 - 1e-3  # the first update changed the weights: the second loss checks it
