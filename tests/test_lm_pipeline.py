@@ -158,6 +158,25 @@ def test_other_losses_reuse_the_weak_and_ceiling_runs(results, lm_env, extra, na
     assert out.count("reused") == 2 and "PGR" in out
 
 
+def test_sampled_dsft_gets_a_weak_run_that_stored_its_samples(lm_env, tmp_path):
+    """loss.samples=3 at temperature 1: a weak run of its own (same weights, seed and data as
+    the greedy one, so the same test answers) whose B answers are 3 samples a prompt; the
+    student learns from all of them."""
+    _run(lm_env, tmp_path, "kinds=[weak]")
+    (greedy,) = _metrics(tmp_path, "weak")
+    _run(lm_env, tmp_path, "kinds=[w2s]", "loss.samples=3", "loss.sample_temperature=1.0")
+    weak = _metrics(tmp_path, "weak")
+    (rid,) = set(weak) - {greedy}
+    gen = pd.read_parquet(tmp_path / "runs" / "weak" / rid / "generations.parquet")
+    b = gen[gen["split"] == "b"]
+    assert len(b) == 3 * 20 and sorted(b["sample"].unique()) == [0, 1, 2]
+    assert b.groupby("id")["text"].nunique().max() > 1  # samples, not one greedy answer
+    assert weak[rid]["accuracy"] == weak[greedy]["accuracy"]
+    (m,) = _metrics(tmp_path, "w2s").values()
+    assert m["weak_run"] == rid and m["loss"] == "dsft_n3_t1"
+    assert m["n_train"] == 60 and m["n_train_prompts"] == 20
+
+
 def test_a_rerun_trains_nothing(results, lm_env, capsys):
     _run(lm_env, results)
     out = capsys.readouterr().out

@@ -126,6 +126,12 @@ class LMExperiment:
     def gt_spec(self, kind: str, m: ModelConfig, seed: int, splits) -> LMSpec:
         rows = runs.rows_hash(self.task.ids, splits)
         identity = runs.gt_identity(self.cfg, kind, m, seed, rows)
+        loss = self.cfg.loss
+        if kind == "weak" and (loss.samples, loss.sample_temperature) != (1, 0.0):
+            # its stored answers to B are these samples: another setting is another weak run
+            # (the greedy default leaves the id as it was)
+            identity["generations"] = {"samples": loss.samples,
+                                       "temperature": loss.sample_temperature}
         rid = run_id(identity)
         weak, strong = (m.name, None) if kind == "weak" else (None, m.name)
         return LMSpec(kind, rid, runs.header(kind, rid, self.cfg, seed, weak, strong, "gt"),
@@ -221,7 +227,7 @@ class LMExperiment:
         test_ids = [self.task.ids[i] for i in splits["test"]]
         if spec.kind == "weak":
             save_params(lm, d / "weights")
-            self._write_generations(lm, spec, splits, d, test_ids, prompts_t)
+            self._write_generations(lm, spec, splits, d, test_ids, prompts_t, test["answers"])
         n_train = len(rows.input_ids)
         metrics = {
             **spec.header,
@@ -262,8 +268,10 @@ class LMExperiment:
         self.store.finish(d, metrics, predictions)
         return metrics
 
-    def _write_generations(self, lm, spec, splits, d: Path, test_ids, test_prompts) -> None:
-        """The weak LM's answers to B (the supervision) and, greedy, to test (cascades)."""
+    def _write_generations(self, lm, spec, splits, d: Path, test_ids, test_prompts,
+                           test_answers) -> None:
+        """The weak LM's answers to B (the supervision) and its greedy test answers (those it
+        was scored on)."""
         cfg, m = self.cfg, spec.model
         tok, eos = self.tokenizers[m.name], self.eos[m.name]
         prompts_b, _, _ = self.rows(m, splits["b"])
@@ -271,10 +279,8 @@ class LMExperiment:
         b = answer(lm, tok, prompts_b, max_new_tokens=cfg.task.max_new_tokens, eos_id=eos,
                    batch_size=cfg.train.eval_batch_size, samples=cfg.loss.samples,
                    temperature=cfg.loss.sample_temperature, seed=spec.seed)
-        t = answer(lm, tok, test_prompts, max_new_tokens=cfg.task.max_new_tokens, eos_id=eos,
-                   batch_size=cfg.train.eval_batch_size)
         frame = pd.concat([generations_frame(b_ids, "b", prompts_b, b),
-                           generations_frame(test_ids, "test", test_prompts, t)],
+                           generations_frame(test_ids, "test", test_prompts, test_answers)],
                           ignore_index=True)
         write_generations(d / GENERATIONS, frame)
 

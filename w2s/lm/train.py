@@ -200,4 +200,5 @@ def evaluate(
         "confidence": [a[0]["confidence"] for a in got],
         "correct": correct,
         "row_nll": nll.tolist(),
+        "answers": got,  # with token ids and log-probs, as w2s.lm.generations.answer gives
     }
