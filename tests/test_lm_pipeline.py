@@ -292,3 +292,10 @@ def test_an_empty_prompt_is_refused_by_row(tmp_path, word_lm):
     cfg = TaskConfig(name="t", kind="bigbench_gen", path=str(path))
     with pytest.raises(DataError, match=r"example 1 \(id '1'\) has an empty prompt"):
         load_generative(cfg, tmp_path, word_lm[1])
+
+
+def test_checkpoint_every_is_skipped_with_a_warning(lm_env, tmp_path, caplog):
+    from w2s.lm.experiment import LMExperiment
+
+    LMExperiment(compose(_overrides(lm_env, tmp_path, "train.checkpoint_every=200")))
+    assert "train.checkpoint_every=200: language-model runs write no mid-run" in caplog.text

@@ -99,7 +99,8 @@ LM_AUX = ("none", "self")
 
 def check_lm_config(cfg: Config) -> None:
     """Generative tasks (``w2s.lm.experiment``): the LM losses, and the classifier's settings
-    that LM runs do not implement yet, refused rather than silently ignored."""
+    that LM runs do not implement yet, refused rather than silently ignored (mid-run
+    checkpoints, which never change a number, are skipped with a warning instead)."""
     loss, tr = cfg.loss, cfg.train
     if loss.name not in LM_LOSSES:
         raise ValueError(
@@ -123,7 +124,6 @@ def check_lm_config(cfg: Config) -> None:
         "train.vmap_seeds": (tr.vmap_seeds, 1),
         "train.lora.rank": (tr.lora.rank, 0),
         "train.grad_accum": (tr.grad_accum, 1),
-        "train.checkpoint_every": (tr.checkpoint_every, 0),
         "train.select": (tr.select, "last"),
         "dry_run": (cfg.dry_run, False),
         "extra_weak": (list(cfg.extra_weak), []),

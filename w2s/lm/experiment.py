@@ -99,6 +99,10 @@ class LMExperiment:
         # which rows exist (drops, dedup) is decided with the strong model's tokenizer
         self.task = load_generative(cfg.task, self.cache_dir, self.tokenizers[cfg.strong.name])
         self.console = Console(cfg)
+        if cfg.train.checkpoint_every:
+            log.warning("train.checkpoint_every=%d: language-model runs write no mid-run "
+                        "checkpoints yet; a stopped run trains again from the start",
+                        cfg.train.checkpoint_every)
 
     # -- data --------------------------------------------------------------------------------
     def splits(self, seed: int) -> dict[str, np.ndarray]:
