@@ -14,5 +14,8 @@ $W "${common[@]}" loss=token_kd loss.divergence=fkl
 $W "${common[@]}" loss=token_kd loss.divergence=rkl
 $W "${common[@]}" loss=token_kd loss.divergence=fkl loss.on_policy=0.5
 $W "${common[@]}" loss=token_kd loss.divergence=fkl loss.aux=self loss.alpha_max=0.3
+# a weak model with more of the strong one's layers (the ceiling runs are reused)
+$W "${common[@]}" model@weak=smollm2-l16 loss=dsft
+$W "${common[@]}" model@weak=smollm2-l16 loss=token_kd loss.divergence=fkl
 .venv/bin/w2s-analyze "$R" --out experiments/generative --quiet
 echo "generative recipe wall time: $(( $(date +%s) - start )) s"
