@@ -84,6 +84,46 @@ def test_logits_and_greedy_answer_match_transformers(smollm2):
         f"(max |logit| {np.abs(ref).max():.1f})"
     )
     assert diff <= 1e-3
+    _greedy_rows_match(lm, tok, model, ids, mask, enc, prompts)
+
+
+
+QUESTIONS = [QUESTION, "Name a colour.", "What is the capital of France?", "Say hello in Spanish.",
+             "Write one sentence about the sea.", "List three fruits.", "What is 7 times 8?",
+             "Give a synonym for happy."]
+
+
+def test_greedy_32_tokens_match_transformers_on_8_chat_prompts(smollm2):
+    """One right-padded batch of 8 chat prompts of different lengths, 32 new tokens each,
+    against transformers' greedy generate on each prompt alone, up to and including EOS."""
+    ours, tok, model = smollm2
+    lm = load_lm(str(ours))
+    prompts = [_prompt(tok, q) for q in QUESTIONS]
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert len({len(e) for e in enc}) > 3
+    s = max(map(len, enc))
+    ids = np.zeros((len(enc), s), np.int32)
+    mask = np.zeros((len(enc), s), np.int32)
+    for i, e in enumerate(enc):
+        ids[i, : len(e)], mask[i, : len(e)] = e, 1
+    eos = tok.eos_token_id
+    out = np.asarray(generate(lm, ids, mask, 32, eos_id=eos))
+    for i, e in enumerate(enc):
+        with torch.no_grad():
+            want = model.generate(
+                torch.as_tensor([e]),
+                attention_mask=torch.ones(1, len(e), dtype=torch.long),
+                max_new_tokens=32,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )[0, len(e) :].numpy()
+        n = len(want)
+        assert n >= 4 and out[i, :n].tolist() == want.tolist(), (i, QUESTIONS[i])
+        print(f"{QUESTIONS[i]!r} -> {tok.decode(want, skip_special_tokens=True)!r}")
+
+
+def _greedy_rows_match(lm, tok, model, ids, mask, enc, prompts):
     eos = tok.eos_token_id
     out = np.asarray(generate(lm, ids, mask, 16, eos_id=eos))
     for i, e in enumerate(enc):
