@@ -62,17 +62,44 @@ def test_tokenizer_and_chat_template_match_gguf(smollm2):
     )
 
 
+def _batch(tok, prompts):
+    """Right-padded ids and mask of formatted prompts, and each prompt's own ids."""
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    s = max(map(len, enc))
+    ids = np.zeros((len(enc), s), np.int32)
+    mask = np.zeros((len(enc), s), np.int32)
+    for i, e in enumerate(enc):
+        ids[i, : len(e)], mask[i, : len(e)] = e, 1
+    return ids, mask, enc
+
+
+def _greedy_rows_match(lm, tok, model, questions, new):
+    """Our greedy answers to the chat-formatted questions, decoded together in one padded
+    batch, equal transformers' greedy generate on each prompt alone (up to and with EOS)."""
+    ids, mask, enc = _batch(tok, [_prompt(tok, q) for q in questions])
+    eos = tok.eos_token_id
+    out = np.asarray(generate(lm, ids, mask, new, eos_id=eos))
+    for i, e in enumerate(enc):
+        with torch.no_grad():
+            want = model.generate(
+                torch.as_tensor([e]),
+                attention_mask=torch.ones(1, len(e), dtype=torch.long),
+                max_new_tokens=new,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )[0, len(e) :].numpy()
+        n = len(want)
+        assert n >= 4 and out[i, :n].tolist() == want.tolist(), (i, questions[i])
+        print(f"{questions[i]!r} -> {tok.decode(want, skip_special_tokens=True)!r}")
+    return enc
+
+
 def test_logits_and_greedy_answer_match_transformers(smollm2):
     ours, tok, model = smollm2
     lm = load_lm(str(ours))
     assert lm.tied and lm.config.num_hidden_layers == 30 and lm.config.vocab_size == 49152
-    prompts = [_prompt(tok), _prompt(tok, "Name a colour.")]
-    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    s = max(map(len, enc))
-    ids = np.zeros((2, s), np.int32)
-    mask = np.zeros((2, s), np.int32)
-    for i, e in enumerate(enc):
-        ids[i, : len(e)], mask[i, : len(e)] = e, 1
+    ids, mask, _ = _batch(tok, [_prompt(tok), _prompt(tok, "Name a colour.")])
     got = np.asarray(lm(ids, mask))
     with torch.no_grad():
         ref = model(
@@ -84,8 +111,7 @@ def test_logits_and_greedy_answer_match_transformers(smollm2):
         f"(max |logit| {np.abs(ref).max():.1f})"
     )
     assert diff <= 1e-3
-    _greedy_rows_match(lm, tok, model, ids, mask, enc, prompts)
-
+    _greedy_rows_match(lm, tok, model, [QUESTION, "Name a colour."], 16)
 
 
 QUESTIONS = [QUESTION, "Name a colour.", "What is the capital of France?", "Say hello in Spanish.",
@@ -94,51 +120,10 @@ QUESTIONS = [QUESTION, "Name a colour.", "What is the capital of France?", "Say 
 
 
 def test_greedy_32_tokens_match_transformers_on_8_chat_prompts(smollm2):
-    """One right-padded batch of 8 chat prompts of different lengths, 32 new tokens each,
-    against transformers' greedy generate on each prompt alone, up to and including EOS."""
+    """One right-padded batch of 8 chat prompts of different lengths, 32 new tokens each."""
     ours, tok, model = smollm2
-    lm = load_lm(str(ours))
-    prompts = [_prompt(tok, q) for q in QUESTIONS]
-    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    enc = _greedy_rows_match(load_lm(str(ours)), tok, model, QUESTIONS, 32)
     assert len({len(e) for e in enc}) > 3
-    s = max(map(len, enc))
-    ids = np.zeros((len(enc), s), np.int32)
-    mask = np.zeros((len(enc), s), np.int32)
-    for i, e in enumerate(enc):
-        ids[i, : len(e)], mask[i, : len(e)] = e, 1
-    eos = tok.eos_token_id
-    out = np.asarray(generate(lm, ids, mask, 32, eos_id=eos))
-    for i, e in enumerate(enc):
-        with torch.no_grad():
-            want = model.generate(
-                torch.as_tensor([e]),
-                attention_mask=torch.ones(1, len(e), dtype=torch.long),
-                max_new_tokens=32,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=eos,
-            )[0, len(e) :].numpy()
-        n = len(want)
-        assert n >= 4 and out[i, :n].tolist() == want.tolist(), (i, QUESTIONS[i])
-        print(f"{QUESTIONS[i]!r} -> {tok.decode(want, skip_special_tokens=True)!r}")
-
-
-def _greedy_rows_match(lm, tok, model, ids, mask, enc, prompts):
-    eos = tok.eos_token_id
-    out = np.asarray(generate(lm, ids, mask, 16, eos_id=eos))
-    for i, e in enumerate(enc):
-        with torch.no_grad():
-            want = model.generate(
-                torch.as_tensor([e]),
-                attention_mask=torch.ones(1, len(e), dtype=torch.long),
-                max_new_tokens=16,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=eos,
-            )[0, len(e) :].numpy()
-        n = len(want)
-        assert out[i, :n].tolist() == want.tolist(), i
-        print(f"{prompts[i].splitlines()[-2]!r} -> {tok.decode(want, skip_special_tokens=True)!r}")
 
 
 def test_unpermute_inverts_llama_cpp_row_order():
