@@ -62,11 +62,14 @@ def pgr(acc_w2s, acc_weak, acc_ceiling, eps: float = 0.0):
     return float(out) if out.ndim == 0 else out
 
 
-def agreement(weak_probs: np.ndarray, w2s_probs: np.ndarray) -> float:
-    """Share of examples on which the w2s model's argmax equals the weak model's argmax."""
-    if len(weak_probs) == 0:
+def agreement(weak: np.ndarray, w2s: np.ndarray) -> float:
+    """Share of examples on which the w2s model's prediction equals the weak model's: from
+    probabilities ``[n, k]`` (argmax) or from predictions ``[n]`` (classes, or a generative
+    run's normalised answers)."""
+    if len(weak) == 0:
         return float("nan")
-    return float(np.mean(weak_probs.argmax(axis=1) == w2s_probs.argmax(axis=1)))
+    weak, w2s = (x.argmax(axis=1) if x.ndim == 2 else x for x in (weak, w2s))
+    return float(np.mean(weak == w2s))
 
 
 def _pick(candidates: list[dict], w2s: dict, group_keys: list[str]) -> tuple[dict | None, int]:
@@ -379,9 +382,7 @@ def _pair_prediction_metrics(
     except ValueError as e:
         return np.nan, None, f"w2s run {row.w2s_run}: {e}"
     counts = joint_pattern_counts(weak.correct, ceiling.correct, w2s.correct) if counts_ok else None
-    if len(weak) == 0:
-        return np.nan, counts, warning
-    return float(np.mean(weak.predicted == w2s.predicted)), counts, warning
+    return agreement(weak.predicted, w2s.predicted), counts, warning
 
 
 def add_prediction_metrics(pairs: pd.DataFrame, store: PredictionStore) -> list[str]:

@@ -63,10 +63,8 @@ def experiment(cfg: DictConfig):
     from w2s.lm.tasks import is_generative
 
     if is_generative(cfg.task):
-        from w2s.checks import check_config
         from w2s.lm.experiment import LMExperiment
 
-        check_config(cfg)  # before anything loads or trains
         return LMExperiment(cfg)
     from w2s.pipeline import Experiment
 

@@ -33,6 +33,7 @@ from flax import nnx
 from omegaconf import OmegaConf
 
 from w2s import provenance, runs
+from w2s.checks import check_config
 from w2s.config import Config, ModelConfig
 from w2s.console import Console
 from w2s.data import make_splits
@@ -85,6 +86,7 @@ class LMExperiment:
     def __init__(self, cfg: Config):
         from transformers import AutoTokenizer
 
+        check_config(cfg, jax.default_backend())  # before anything loads or trains
         self.cfg = cfg
         self.store = RunStore(cfg.results_dir)
         self.cache_dir = Path(str(cfg.cache_dir)).expanduser()
