@@ -14,6 +14,7 @@ from w2s.lm.tasks import is_generative
 from w2s.models.attention import check_attention
 from w2s.models.lora import GROUPS as LORA_GROUPS
 from w2s.models.stack import check_remat
+from w2s.pref.pairs import is_preference
 from w2s.train.loop import SELECTS
 from w2s.train.losses import step_loss
 
@@ -86,7 +87,9 @@ def check_config(cfg: Config, backend: str | None = None) -> None:
         raise ValueError(
             f"train.lora.targets: unknown group(s) {unknown}; use {', '.join(LORA_GROUPS)}"
         )
-    if is_generative(t):
+    if is_preference(t):
+        check_pref_config(cfg)
+    elif is_generative(t):
         check_lm_config(cfg)
     else:
         step_loss(cfg.loss)  # unknown names fail here, before any training
@@ -97,11 +100,65 @@ LM_LOSSES = ("dsft", "token_kd")
 LM_AUX = ("none", "self")
 
 
+PREF_STAGES = ("rm", "dpo")
+
+
+def check_pref_config(cfg: Config) -> None:
+    """Preference tasks (``w2s.pref.experiment``): the stage, its losses and judge, and the
+    settings their runs do not implement, refused rather than ignored."""
+    from w2s.pref.judge import JUDGES
+    from w2s.pref.losses import check_dpo
+    from w2s.pref.rm_train import RM_LOSSES
+
+    p = cfg.pref
+    if p.stage not in PREF_STAGES:
+        raise ValueError(f"pref.stage={p.stage!r} unknown; use {', '.join(PREF_STAGES)}")
+    if p.judge not in JUDGES:
+        raise ValueError(f"pref.judge={p.judge!r} unknown; use {', '.join(JUDGES)}")
+    check_dpo(p.loss, p.beta, p.label_smoothing)
+    if p.epochs < 1 or p.samples < 0 or (p.samples > 0 and p.sample_temperature <= 0):
+        raise ValueError(f"pref.epochs={p.epochs}, pref.samples={p.samples}, "
+                         f"pref.sample_temperature={p.sample_temperature}: need epochs >= 1, "
+                         "samples >= 0, and a temperature > 0 to sample")
+    if p.stage == "dpo":
+        if cfg.loss.name != "dsft":
+            raise ValueError(f"pref.stage=dpo chains dSFT into dDPO: use loss=dsft, not "
+                             f"{cfg.loss.name!r}")
+        check_lm_config(cfg)
+        return
+    if cfg.loss.name not in RM_LOSSES or cfg.loss.supervision != "labels":
+        raise ValueError(f"loss={cfg.loss.name} (supervision={cfg.loss.supervision}): reward "
+                         f"models train with {' or '.join(RM_LOSSES)} on the weak RM's "
+                         "preference probabilities (supervision=labels)")
+    _refuse_unsupported(cfg, f"reward-model runs (preference task {cfg.task.name!r})")
+
+
+def _refuse_unsupported(cfg: Config, what: str) -> None:
+    tr = cfg.train
+    unsupported = {
+        "train.early_stop.runs": (list(tr.early_stop.runs), []),
+        "train.vmap_seeds": (tr.vmap_seeds, 1),
+        "train.lora.rank": (tr.lora.rank, 0),
+        "train.grad_accum": (tr.grad_accum, 1),
+        "train.select": (tr.select, "last"),
+        "dry_run": (cfg.dry_run, False),
+        "extra_weak": (list(cfg.extra_weak), []),
+        "s2s_rounds": (cfg.s2s_rounds, 0),
+        "loss.hard_labels": (cfg.loss.hard_labels, False),
+        "log.tensorboard": (cfg.log.tensorboard, False),
+        "log.wandb": (cfg.log.wandb, False),
+        "log.mlflow": (cfg.log.mlflow, False),
+    }
+    for key, (got, plain) in unsupported.items():
+        if got != plain:
+            raise ValueError(f"{key}={got}: not implemented for {what}; set {key}={plain}")
+
+
 def check_lm_config(cfg: Config) -> None:
     """Generative tasks (``w2s.lm.experiment``): the LM losses, and the classifier's settings
     that LM runs do not implement yet, refused rather than silently ignored (mid-run
     checkpoints, which never change a number, are skipped with a warning instead)."""
-    loss, tr = cfg.loss, cfg.train
+    loss = cfg.loss
     if loss.name not in LM_LOSSES:
         raise ValueError(
             f"loss {loss.name!r} is a classification loss; a generative task "
@@ -119,20 +176,4 @@ def check_lm_config(cfg: Config) -> None:
         raise ValueError(f"loss.samples={loss.samples} at loss.sample_temperature="
                          f"{loss.sample_temperature}: several answers per prompt need a "
                          "temperature > 0 (greedy answers repeat)")
-    unsupported = {
-        "train.early_stop.runs": (list(tr.early_stop.runs), []),
-        "train.vmap_seeds": (tr.vmap_seeds, 1),
-        "train.lora.rank": (tr.lora.rank, 0),
-        "train.grad_accum": (tr.grad_accum, 1),
-        "train.select": (tr.select, "last"),
-        "dry_run": (cfg.dry_run, False),
-        "extra_weak": (list(cfg.extra_weak), []),
-        "s2s_rounds": (cfg.s2s_rounds, 0),
-        "log.tensorboard": (cfg.log.tensorboard, False),
-        "log.wandb": (cfg.log.wandb, False),
-        "log.mlflow": (cfg.log.mlflow, False),
-    }
-    for key, (got, plain) in unsupported.items():
-        if got != plain:
-            raise ValueError(f"{key}={got}: not implemented for language-model runs "
-                             f"(generative task {cfg.task.name!r}); set {key}={plain}")
+    _refuse_unsupported(cfg, f"language-model runs (generative task {cfg.task.name!r})")

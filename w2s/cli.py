@@ -58,10 +58,16 @@ def run(cfg: DictConfig) -> int:
 
 
 def experiment(cfg: DictConfig):
-    """The orchestrator for the task: classification (``w2s.pipeline``) or, for generative
-    tasks, language-model runs (``w2s.lm.experiment``)."""
+    """The orchestrator for the task: classification (``w2s.pipeline``), language-model runs
+    for generative tasks (``w2s.lm.experiment``), or preference runs for pairwise tasks
+    (``w2s.pref.experiment``: reward models, or the dSFT -> dDPO chain)."""
     from w2s.lm.tasks import is_generative
+    from w2s.pref.pairs import is_preference
 
+    if is_preference(cfg.task):
+        from w2s.pref.experiment import DPOExperiment, RMExperiment
+
+        return DPOExperiment(cfg) if cfg.pref.stage == "dpo" else RMExperiment(cfg)
     if is_generative(cfg.task):
         from w2s.lm.experiment import LMExperiment
 

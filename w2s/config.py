@@ -35,7 +35,9 @@ class TaskConfig:
 
     name: str = MISSING  # short name used in run ids and tables
     kind: str = MISSING  # classification: sciq | boolq | cosmos_qa | amazon_polarity |
-    # anthropic_hh | bigbench | local; generative (LM runs, w2s.lm): bigbench_gen | local_gen
+    # anthropic_hh | bigbench | local; generative (LM runs, w2s.lm): bigbench_gen | local_gen |
+    # arithmetic; preference pairs (w2s.pref.pairs): local_pairs | hh_pairs | bigbench_pairs |
+    # arithmetic_pairs
     source: str | None = None  # HF dataset id, BIG-bench task path, or local data file
     path: str | None = None  # local file in the source's schema, used instead of downloading
     hf_split: str = "train"  # split of the HF dataset the examples are drawn from
@@ -88,6 +90,24 @@ class LossConfig:
     on_policy: float = 0.0  # token_kd: share of batches on the student's own samples (GKD)
     samples: int = 1  # weak answers per B prompt that the student learns from
     sample_temperature: float = 0.0  # of those answers; 0: greedy
+
+
+@dataclass
+class PrefConfig:
+    """Preference runs (pairwise tasks, ``w2s.pref``): which stage, and DPO's settings."""
+
+    stage: str = "rm"  # rm: reward models (weak / ceiling / w2s on pairs); dpo: the SFT -> DPO chain
+    judge: str = "lm"  # dDPO's weak judge: lm (the weak LM's mean token log-likelihood of each
+    # response) | rm (a weak reward model trained on A's ground-truth pairs)
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # conservative DPO's epsilon
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo
+    lr: float | None = None  # DPO's learning rate; None: the strong model's SFT rate
+    epochs: int = 1
+    samples: int = 0  # AI feedback: policy samples per B prompt ranked by the judge (0: the
+    # task's own response pairs)
+    sample_temperature: float = 1.0
+    min_margin: float = 0.0  # keep judged pairs whose judge margin is at least this
 
 
 @dataclass
@@ -194,6 +214,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    pref: PrefConfig = field(default_factory=PrefConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     kinds: list[str] = field(default_factory=lambda: ["weak", "ceiling", "w2s"])
     extra_weak: list[ModelConfig] = field(default_factory=list)  # more weak supervisors
@@ -218,3 +239,4 @@ def register() -> None:
     cs.store(group="task", name="task_schema", node=TaskConfig)
     cs.store(group="loss", name="loss_schema", node=LossConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
+    cs.store(group="pref", name="pref_schema", node=PrefConfig)

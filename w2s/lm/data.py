@@ -46,7 +46,7 @@ def read_bigbench_generative(path: str | Path, name: str | None = None) -> GenDa
     )
 
 
-def _strings(value, path: Path, row: int, column: str) -> list[str]:
+def strings_column(value, path: Path, row: int, column: str) -> list[str]:
     if isinstance(value, str) and column == "answers":
         try:
             value = json.loads(value)
@@ -70,7 +70,7 @@ def read_local_generative(path: str | Path, name: str | None = None) -> GenData:
         for col in ("prompt", "response"):
             if not isinstance(row[col], str) or not row[col].strip():
                 raise DataError(f"{path}: row {i}: {col} {row[col]!r} is not a non-empty string")
-        extra = _strings(row["answers"], path, i, "answers") if "answers" in df.columns else []
+        extra = strings_column(row["answers"], path, i, "answers") if "answers" in df.columns else []
         prompts.append(row["prompt"])
         responses.append(row["response"])
         answers.append([row["response"], *(a for a in extra if a != row["response"])])

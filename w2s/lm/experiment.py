@@ -30,13 +30,13 @@ import jax
 import numpy as np
 import pandas as pd
 from flax import nnx
-from omegaconf import OmegaConf
 
 from w2s import provenance, runs
 from w2s.checks import check_config
 from w2s.config import Config, ModelConfig
 from w2s.console import Console
 from w2s.data import make_splits
+from w2s.fitting import StoredRuns
 from w2s.lm.data import format_prompts, sft_tokenize
 from w2s.lm.generations import answer, generations_frame, write_generations
 from w2s.lm.runs import most_confident
@@ -80,8 +80,10 @@ class LMSpec:
     record: dict = field(default_factory=dict)
 
 
-class LMExperiment:
+class LMExperiment(StoredRuns):
     """Every seed's weak, ceiling and w2s LM runs of one ``w2s`` command."""
+
+    artifacts = (GENERATIONS,)
 
     def __init__(self, cfg: Config):
         from transformers import AutoTokenizer
@@ -98,8 +100,7 @@ class LMExperiment:
                 raise ValueError(f"model {name} ({self.paths[name]}): its tokenizer has no EOS "
                                  "token, so generated answers cannot end")
             self.eos[name] = int(tok.eos_token_id)
-        # which rows exist (drops, dedup) is decided with the strong model's tokenizer
-        self.task = load_generative(cfg.task, self.cache_dir, self.tokenizers[cfg.strong.name])
+        self.task = self.load_task()
         self.console = Console(cfg)
         if cfg.train.checkpoint_every:
             log.warning("train.checkpoint_every=%d: language-model runs write no mid-run "
@@ -107,6 +108,10 @@ class LMExperiment:
                         cfg.train.checkpoint_every)
 
     # -- data --------------------------------------------------------------------------------
+    def load_task(self):
+        """Which rows exist (drops, dedup) is decided with the strong model's tokenizer."""
+        return load_generative(self.cfg.task, self.cache_dir, self.tokenizers[self.cfg.strong.name])
+
     def splits(self, seed: int) -> dict[str, np.ndarray]:
         s = self.cfg.task.split_seed
         return make_splits(self.task, self.cfg.task, seed if s is None else s)
@@ -158,29 +163,7 @@ class LMExperiment:
         }
         return LMSpec("w2s", rid, header, identity, cfg.strong, seed, record)
 
-    # -- one run -----------------------------------------------------------------------------
-    def fit(self, spec: LMSpec, splits) -> dict:
-        """Reuse the finished run, or train, evaluate and record it (failed runs say why)."""
-        with self.store.claim((spec.kind, spec.rid)):
-            done = None if self.cfg.force else self.store.finished(spec.kind, spec.rid)
-            d = self.store.dir(spec.kind, spec.rid)
-            if done is not None and (spec.kind != "weak" or (d / "weights").exists()):
-                self.console.reused(done)
-                return done
-            config = {**spec.identity, "header": spec.header,
-                      "train": OmegaConf.to_container(self.cfg.train, resolve=True)}
-            if self.cfg.force:
-                self.store.clear_weights(spec.kind, spec.rid)
-            (d / GENERATIONS).unlink(missing_ok=True)
-            self.store.start(spec.kind, spec.rid, config, spec.header)
-            try:
-                metrics = self._train_and_record(spec, splits, d)
-            except BaseException as e:
-                self.store.fail(d, spec.header, e)
-                raise
-        self.console.finished(metrics)
-        return metrics
-
+    # -- one run ---------------------------------------------------------------------------
     def _train_rows(self, spec: LMSpec, splits):
         """(prompts, targets, kept B rows): references of A or B, or the weak answers to B."""
         if spec.kind != "w2s":
@@ -223,7 +206,22 @@ class LMExperiment:
                       aux_max_new_tokens=cfg.task.max_new_tokens, eos_id=eos)
         with timed() as t:
             result = train_lm(self.load(m), rows, cfg.train, lr=self.lr(m), seed=spec.seed, **kw)
-        lm = result.lm
+        n_train = len(rows.input_ids)
+        trained = {
+            "n_train": n_train,
+            "n_train_prompts": len(kept) if kept is not None else n_train,
+            "truncated_references": int(rows.truncated),
+            "train_seconds": t["seconds"],
+            "compile_seconds": t["compile"],
+            "examples_per_second": n_train * cfg.train.epochs / max(t["seconds"], 1e-9),
+        }
+        return self.record(spec, splits, d, result.lm, result.loss_history, trained)
+
+    def record(self, spec: LMSpec, splits, d: Path, lm, history, trained: dict) -> dict:
+        """Score the trained LM on test (greedy exact match, reference NLL), keep what later
+        runs read (weights, the weak run's generations), and write metrics and predictions."""
+        cfg, m = self.cfg, spec.model
+        tok, eos = self.tokenizers[m.name], self.eos[m.name]
         prompts_t, refs_t, answers_t = self.rows(m, splits["test"])
         with timed() as t_eval:  # greedy answers and reference NLL: a cascade's cost per call
             test = evaluate(lm, tok, prompts_t, refs_t, answers_t,
@@ -231,10 +229,10 @@ class LMExperiment:
                             max_new_tokens=cfg.task.max_new_tokens, eos_id=eos,
                             batch_size=cfg.train.eval_batch_size)
         test_ids = [self.task.ids[i] for i in splits["test"]]
-        if spec.kind == "weak":
+        if self.keeps_weights(spec):
             save_params(lm, d / "weights")
+        if spec.kind == "weak":
             self._write_generations(lm, spec, splits, d, test_ids, prompts_t, test["answers"])
-        n_train = len(rows.input_ids)
         metrics = {
             **spec.header,
             **spec.record,
@@ -244,14 +242,9 @@ class LMExperiment:
             "nll": test["nll"],
             "auroc": None,
             "n_test": test["n"],
-            "n_train": n_train,
-            "n_train_prompts": len(kept) if kept is not None else n_train,
-            "truncated_references": int(rows.truncated),
-            "train_seconds": t["seconds"],
-            "compile_seconds": t["compile"],
-            "examples_per_second": n_train * cfg.train.epochs / max(t["seconds"], 1e-9),
-            "steps": len(result.loss_history),
-            "loss_history": [[s, round(v, 6)] for s, v in result.loss_history],
+            **trained,
+            "steps": len(history),
+            "loss_history": [[s, round(v, 6)] for s, v in history],
             "mean_test_confidence": float(np.mean(test["confidence"])),
             "n_params": int(sum(x.size for x in jax.tree.leaves(nnx.state(lm, nnx.Param)))),
             "predict_seconds_per_example": (t_eval["seconds"] - t_eval["compile"]) / test["n"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -159,17 +160,29 @@ def train_lm(
     return TrainResult(nnx.merge(graphdef, params), history)
 
 
-def reference_nll(lm, rows: SFTBatch, batch_size: int = 64) -> np.ndarray:
-    """Each row's mean NLL per reference token [N] under ``lm`` (teacher-forced)."""
+def row_scores(lm, rows: SFTBatch, score, batch_size: int = 64) -> np.ndarray:
+    """``score(logits, input_ids, loss_mask)`` -> [B] for every row, teacher-forced under
+    ``lm``, in batches of one shape (the last padded with empty rows), as float64 [N]."""
     graphdef, params = nnx.split(lm)
     rows = trim(rows)
+    n = len(rows.input_ids)
+    bs = min(batch_size, n)
+
+    @jax.jit
+    def run(params, b):
+        return score(forward(graphdef, params, b), b["input_ids"], b["loss_mask"])
+
     out = []
-    for start in range(0, len(rows.input_ids), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(rows.input_ids)))
-        b = _take(rows, idx)
-        logits = forward(graphdef, params, b)
-        out.append(np.asarray(row_nll(logits, b["input_ids"], b["loss_mask"])))
-    return np.concatenate(out)
+    for start in range(0, n, bs):
+        idx = np.arange(start, start + bs)
+        idx = np.where(idx < n, idx, -1)
+        out.append(np.asarray(run(params, _take(rows, idx)), np.float64)[idx >= 0])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def reference_nll(lm, rows: SFTBatch, batch_size: int = 64) -> np.ndarray:
+    """Each row's mean NLL per reference token [N] under ``lm`` (teacher-forced)."""
+    return row_scores(lm, rows, row_nll, batch_size)
 
 
 def evaluate(

@@ -56,14 +56,21 @@ def dpo(
     *,
     label_smoothing: float = 0.0,
     kind: str = "sigmoid",
+    weight: jax.Array | None = None,
 ) -> jax.Array:
-    """Mean DPO (``sigmoid``) or IPO (``ipo``) loss over pairs from summed response log-probs."""
+    """Mean DPO (``sigmoid``) or IPO (``ipo``) loss over pairs from summed response log-probs;
+    ``weight`` [B] (0 for a batch's padding pairs) makes it a weighted mean."""
     check_dpo(kind, beta, label_smoothing)
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     if kind == "ipo":
-        return jnp.mean((h - 1.0 / (2.0 * beta)) ** 2)
-    eps = label_smoothing
-    return -jnp.mean((1 - eps) * jax.nn.log_sigmoid(beta * h) + eps * jax.nn.log_sigmoid(-beta * h))
+        per_pair = (h - 1.0 / (2.0 * beta)) ** 2
+    else:
+        eps = label_smoothing
+        per_pair = -((1 - eps) * jax.nn.log_sigmoid(beta * h) + eps * jax.nn.log_sigmoid(-beta * h))
+    if weight is None:
+        return jnp.mean(per_pair)
+    w = weight.astype(per_pair.dtype)
+    return jnp.sum(per_pair * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def pairwise_accuracy(r_chosen, r_rejected) -> jax.Array:
