@@ -11,7 +11,8 @@ Two measurements on the same checkpoint (default: SmolLM2-135M-Instruct, float32
   tokens must agree (reported as the fraction of identical rows: a sanity check, since float32
   round-off may flip a near tie late in a long continuation of the real model).
 - ``sft``: one SFT optimizer step: w2s's ``make_lm_step`` (jitted, donated, with
-  ``w2s.train.step.optimizer``: global-norm clipping, then AdamW) against an eager torch step on
+  ``w2s.train.step.optimizer``: global-norm clipping, then AdamW; logits only at the positions
+  that predict response tokens, as ``train_lm`` runs it) against an eager torch step on
   transformers' ``LlamaForCausalLM`` with the same weights: response-masked mean NLL,
   ``clip_grad_norm_`` and ``torch.optim.AdamW`` at the same settings, same batch. Tokens/s
   counts non-pad tokens; the first (and second) step losses of both are reported: same weights
@@ -332,9 +333,13 @@ def build_w2s_sft(lm, data: dict[str, np.ndarray], cfg, lr: float) -> tt.Trainer
     from w2s.lm.step import make_lm_step
     from w2s.train.step import optimizer
 
+    from w2s.lm.losses import response_targets
+
     graphdef, params = nnx.split(lm)
     tx = optimizer(cfg, lr, 1000)
     step_fn = make_lm_step(graphdef, tx)
+    # as train_lm does: logits only where the loss is (the targets are made on the host per batch)
+    data = {**data, **response_targets(data["input_ids"], data["loss_mask"])}
     batch = {k: jnp.asarray(v) for k, v in data.items()}
     state = {"params": params, "opt": tx.init(params)}
     losses: list = []

@@ -157,3 +157,37 @@ def test_combined_objective_mixes_kd_and_self_training(ckpts):
         params, _, loss = step(params, tx.init(params), full, t_params, frac)
         assert float(loss) == pytest.approx((1 - alpha) * kd_term + alpha * self_term, rel=1e-5)
     assert abs(kd_term - self_term) > 0.1  # the mix is visible
+
+
+def test_sft_step_with_logits_at_response_positions_only_is_the_same_step(ckpts):
+    """``response_targets`` in the batch makes the step project only the positions that predict
+    response tokens: loss and updated parameters equal the full-logits step's."""
+    from w2s.lm.losses import gathered_nll, response_targets
+
+    rng = np.random.default_rng(4)
+    ids = rng.integers(3, VOCAB, size=(3, 10)).astype(np.int32)
+    attn = np.array([[1] * 10, [1] * 7 + [0] * 3, [1] * 4 + [0] * 6], np.int32)
+    loss_mask = np.array([[0] * 6 + [1] * 4, [0] * 3 + [1] * 4 + [0] * 3,
+                          [0, 0, 1, 1] + [0] * 6], np.int32)
+    ids = ids * attn
+    batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(attn),
+             "loss_mask": jnp.asarray(loss_mask)}
+    targets = response_targets(ids, loss_mask, min_size=4)
+    assert len(targets["target_index"]) == 16 and targets["target_weight"].sum() == 10
+    lm = load_lm(str(next(iter(ckpts.values()))))
+    full = response_nll(lm(batch["input_ids"], batch["attention_mask"]), batch["input_ids"],
+                        batch["loss_mask"])
+    sparse = gathered_nll(lm, {**batch, **{k: jnp.asarray(v) for k, v in targets.items()}})
+    np.testing.assert_allclose(float(sparse), float(full), rtol=1e-6)
+
+    results = []
+    for extra in ({}, targets):
+        graphdef, params = nnx.split(load_lm(str(next(iter(ckpts.values())))))
+        tx = optax.sgd(0.5)
+        step = make_lm_step(graphdef, tx)
+        params, _, loss = step(params, tx.init(params), {**batch, **{k: jnp.asarray(v) for k, v
+                                                                     in extra.items()}})
+        results.append((float(loss), params))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -15,6 +15,8 @@ from w2s.data import make_splits
 from w2s.data.tasks import DUPLICATE_REASON, DataError
 from w2s.lm.tasks import arithmetic
 from w2s.pref.pairs import (
+    HH_PROMPTS_DIFFER,
+    HH_SAME_RESPONSE,
     NO_WRONG_ANSWER,
     PAIR_TOO_LONG,
     PROMPT_TOO_LONG,
@@ -84,14 +86,12 @@ def test_hh_multi_turn_splits_at_last_assistant_turn(tmp_path):
 def test_hh_errors(tmp_path):
     ok = {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}
     bad = {"chosen": "\n\nHuman: x\n\nAssistant: b", "rejected": "\n\nHuman: y\n\nAssistant: c"}
-    path = _jsonl(tmp_path / "mismatch.jsonl", [ok, bad])
-    with pytest.raises(DataError, match=r"mismatch\.jsonl: row 1: .*different prompts"):
-        read_hh_pairs(path)
+    same = {**ok, "rejected": ok["chosen"]}
+    data = read_hh_pairs(_jsonl(tmp_path / "mixed.jsonl", [ok, bad, same, ok]))
+    assert data.ids == ["0", "3"] and data.chosen == ["b", "b"]
+    assert data.skipped == {HH_PROMPTS_DIFFER: 1, HH_SAME_RESPONSE: 1}
     path = _jsonl(tmp_path / "no_turn.jsonl", [{**ok, "rejected": "\n\nHuman: a"}])
     with pytest.raises(DataError, match="row 0: rejected has no"):
-        read_hh_pairs(path)
-    path = _jsonl(tmp_path / "same.jsonl", [ok, {**ok, "rejected": ok["chosen"]}])
-    with pytest.raises(DataError, match="row 1: .*same response"):
         read_hh_pairs(path)
     path = _jsonl(tmp_path / "cols.jsonl", [{"chosen": ok["chosen"]}])
     with pytest.raises(DataError, match="missing column 'rejected'"):
@@ -121,7 +121,7 @@ def test_local_round_trip(tmp_path, suffix):
     assert data.name == "pairs" and data.ids == ["a", "b"]
     assert data.prompts == ["2+3?", "Say hi."]
     assert data.chosen == ["5", "Hello!"] and data.rejected == ["6", "No."]  # "5" stays text
-    assert data.answers == [["5", "five"], ["Hello!"]] and data.skipped == 0
+    assert data.answers == [["5", "five"], ["Hello!"]] and data.skipped == {}
 
 
 def test_local_without_answers_or_ids(tmp_path):
@@ -162,7 +162,7 @@ def _never_self_paired(data) -> None:
 def test_bigbench_fixtures_never_self_paired(seed):
     mc = bigbench_pairs(FIXTURES / "bigbench/multiple_choice/task.json", seed=seed)
     _never_self_paired(mc)
-    assert mc.ids == ["0", "1", "2", "3"] and mc.skipped == 1  # "Only one choice here"
+    assert mc.ids == ["0", "1", "2", "3"] and mc.skipped == {NO_WRONG_ANSWER: 1}  # "Only one choice here"
     assert mc.chosen == ["4", "Paris", "Pacific", "blue"]
     assert mc.rejected[0] in ("3", "5") and mc.rejected[1] == "Rome"
     gen = bigbench_pairs(FIXTURES / "bigbench/generative/task.json", seed=seed)
@@ -173,7 +173,7 @@ def test_bigbench_fixtures_never_self_paired(seed):
     _never_self_paired(cs)
     assert len(cs) == 6 and cs.name == "choice_set"
     sub = bigbench_pairs(FIXTURES / "bigbench/parent/sub/task.json", seed=seed)
-    assert len(sub) == 0 and sub.skipped == 1  # its own answer is the only one
+    assert len(sub) == 0 and sub.skipped == {NO_WRONG_ANSWER: 1}  # its own answer is the only one
 
 
 def test_bigbench_shared_answers_never_paired_with_an_accepted_one(tmp_path):
@@ -190,7 +190,7 @@ def test_bigbench_shared_answers_never_paired_with_an_accepted_one(tmp_path):
     for seed in range(20):
         data = bigbench_pairs(path, name="hand", seed=seed)
         _never_self_paired(data)
-        assert data.ids == ["0", "1", "2", "4"] and data.skipped == 1
+        assert data.ids == ["0", "1", "2", "4"] and data.skipped == {NO_WRONG_ANSWER: 1}
         assert data.rejected[:2] in (["b", "b"], ["b", "c"], ["c", "b"], ["c", "c"])
         assert data.rejected[2] == "a" and data.rejected[3] == "a"
         assert data.answers == [["a"], ["a"], ["b"], ["b", "c"]]
@@ -299,3 +299,29 @@ def test_config_loads_and_splits(tmp_path, tokenizer):
     local = OmegaConf.load(CONF / "local_pairs.yaml")
     assert local.kind == "local_pairs" and OmegaConf.is_missing(local, "path")
     assert not is_preference(TaskConfig(name="g", kind="local_gen"))
+
+
+def test_arithmetic_pairs_with_other_questions_answers_as_distractors():
+    from w2s.pref.pairs import arithmetic_pairs
+
+    near = arithmetic_pairs("2_digit_addition")
+    other = arithmetic_pairs("2_digit_addition:other")
+    assert other.prompts == near.prompts and other.chosen == near.chosen
+    assert all(r != c for r, c in zip(other.rejected, other.chosen, strict=True))
+    sums = set(other.chosen)
+    assert set(other.rejected) <= sums  # every distractor is some question's right answer
+    far = np.mean([abs(int(r) - int(c)) > 3 for r, c in zip(other.rejected, other.chosen,
+                                                                strict=True)])
+    assert far > 0.9
+    with pytest.raises(DataError, match="distractor 'far' unknown"):
+        arithmetic_pairs("2_digit_addition:far")
+
+
+def test_hh_config_reads_a_local_file_in_place_of_the_hub(tmp_path, tokenizer):
+    raw = OmegaConf.load(CONF / "hh_pairs.yaml")
+    raw.pop("defaults")
+    raw.path = str(FIXTURES / "hh_rlhf.jsonl")
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TaskConfig), raw))
+    assert cfg.source == "Anthropic/hh-rlhf" and is_preference(cfg)
+    task = load_pairs(cfg, tmp_path, tokenizer)
+    assert len(task) == 4 and task.data.chosen[2] == "4." and task.data.rejected[2] == "5."

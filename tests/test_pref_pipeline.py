@@ -111,7 +111,7 @@ def test_weak_rm_preferences_are_its_restored_rewards(rm_results, pref_env):
     rows_by_id = {r["id"]: r for r in map(json.loads, pref_env["data"].read_text().splitlines())}
     rs = [rows_by_id[i] for i in b["id"]]
     rows = pair_rows(tok, [r["prompt"] for r in rs], [r["chosen"] for r in rs],
-                     [r["rejected"] for r in rs], 8, decoder=True, eos_id=tok.eos_token_id)
+                     [r["rejected"] for r in rs], 8, decoder=True, eos_id=None)
     rc, rr = score_pairs(rm, rows)
     np.testing.assert_allclose(b["r_chosen"], rc, atol=1e-5)
     np.testing.assert_allclose(b["prob"], 1 / (1 + np.exp(-(rc - rr))), atol=1e-5)

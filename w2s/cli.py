@@ -52,6 +52,13 @@ def run(cfg: DictConfig) -> int:
         return 0
     print(f"\n{cfg.task.name}: weak={cfg.weak.name} strong={cfg.strong.name} loss={cfg.loss.name}")
     print(summarize(table, RunStore(cfg.results_dir)))
+    if "w2s_dpo" in table:  # the dSFT -> dDPO chain: the same summary for the DPO stage
+        dpo = table[["seed", "weak", "weak_run_id"]].assign(
+            ceiling=table["ceiling_dpo"], ceiling_run_id=table["ceiling_dpo_run_id"],
+            w2s=table["w2s_dpo"], w2s_run_id=table["w2s_dpo_run_id"])
+        print(f"\nafter DPO: ceiling = SFT + DPO on B's true pairs, w2s = dSFT + dDPO "
+              f"({cfg.pref.judge} judge)")
+        print(summarize(dpo, RunStore(cfg.results_dir)))
     print(f"compiling: {compiling[0]:.1f} s of {wall:.1f} s ({100 * compiling[0] / wall:.1f} %)")
     print(f"runs written under {Path(cfg.results_dir).resolve()}/runs")
     return 0

@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from w2s.lm.divergences import check_token_divergence
-from w2s.lm.losses import response_kd, response_nll
+from w2s.lm.losses import gathered_nll, response_kd, response_nll
 from w2s.train.schedules import alpha_at, check_schedule_names
 from w2s.train.step import forward
 
@@ -52,7 +52,8 @@ def make_lm_step(
     """step(params, opt_state, batch[, teacher_params[, step_frac]]) -> (params, opt_state, loss).
 
     ``batch``: ``input_ids``, ``attention_mask``, ``loss_mask`` [B, S]. Without ``teacher`` the
-    loss is the response NLL; with it, ``kd``'s divergence to the teacher's distributions. With
+    loss is the response NLL (with ``w2s.lm.losses.response_targets`` in the batch, computed
+    with logits at the response positions only: the same value, a fraction of the LM head); with it, ``kd``'s divergence to the teacher's distributions. With
     ``aux`` the batch also holds ``aux_input_ids`` / ``aux_attention_mask`` /
     ``aux_loss_mask`` (the student's own answers) and ``step_frac`` sets α.
     """
@@ -64,6 +65,8 @@ def make_lm_step(
         check_schedule_names(alpha_schedule=aux.schedule)
 
     def main_loss(params, batch, teacher_params):
+        if teacher is None and "target_index" in batch:
+            return gathered_nll(nnx.merge(graphdef, params), batch)
         logits = forward(graphdef, params, batch)
         if teacher is None:
             return response_nll(logits, batch["input_ids"], batch["loss_mask"])

@@ -20,7 +20,7 @@ from w2s.config import TrainConfig
 from w2s.generate import generate
 from w2s.lm.data import SFTBatch, sft_tokenize, trim
 from w2s.lm.generations import answer
-from w2s.lm.losses import row_nll
+from w2s.lm.losses import response_targets, row_nll
 from w2s.lm.metrics import exact_match
 from w2s.lm.step import KD, SelfTraining, check_same_vocab, make_lm_step
 from w2s.train.step import forward, optimizer
@@ -154,6 +154,9 @@ def train_lm(
                     0,
                 )
                 batch = {**batch, **{f"aux_{k}": v for k, v in own.items()}}
+            if teacher is None:  # SFT: logits only where the loss is
+                batch.update({k: jnp.asarray(v) for k, v in
+                              response_targets(batch["input_ids"], batch["loss_mask"]).items()})
             params, opt_state, loss = step(params, opt_state, batch, t_params, t / total)
             t += 1
             history.append((t, float(loss)))

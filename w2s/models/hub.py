@@ -129,6 +129,26 @@ def _aligned_empty(shape: list[int], dtype) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+def _read_tensor(fh, f: Path, start: int, key: str, info: dict) -> np.ndarray:
+    """One tensor of the open file ``fh`` (data section at ``start``) into a fresh aligned array."""
+    if info["dtype"] not in _DTYPES:
+        raise CheckpointError(f"{f}: tensor '{key}' has unsupported dtype {info['dtype']}")
+    array = _aligned_empty(info["shape"], _DTYPES[info["dtype"]])
+    begin, end = info["data_offsets"]
+    if end - begin != array.nbytes:
+        raise CheckpointError(
+            f"{f}: tensor '{key}' spans {end - begin} bytes, its shape and dtype need {array.nbytes}"
+        )
+    fh.seek(start + begin)
+    view, done = memoryview(array.reshape(-1).view(np.uint8)), 0
+    while done < array.nbytes:  # one read returns at most ~2 GiB
+        got = fh.readinto(view[done:])
+        if not got:
+            raise CheckpointError(f"{f}: file ends inside tensor '{key}'")
+        done += got
+    return array
+
+
 def iter_tensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (key, array) one tensor at a time, in file order; bf16 arrives as ml_dtypes.bfloat16.
 
@@ -140,25 +160,23 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
         start, header = _header(f)
         with open(f, "rb", buffering=0) as fh:
             for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-                if info["dtype"] not in _DTYPES:
-                    raise CheckpointError(
-                        f"{f}: tensor '{key}' has unsupported dtype {info['dtype']}"
-                    )
-                array = _aligned_empty(info["shape"], _DTYPES[info["dtype"]])
-                begin, end = info["data_offsets"]
-                if end - begin != array.nbytes:
-                    raise CheckpointError(
-                        f"{f}: tensor '{key}' spans {end - begin} bytes, "
-                        f"its shape and dtype need {array.nbytes}"
-                    )
-                fh.seek(start + begin)
-                view, done = memoryview(array.reshape(-1).view(np.uint8)), 0
-                while done < array.nbytes:  # one read returns at most ~2 GiB
-                    got = fh.readinto(view[done:])
-                    if not got:
-                        raise CheckpointError(f"{f}: file ends inside tensor '{key}'")
-                    done += got
-                yield key, array
+                yield key, _read_tensor(fh, f, start, key, info)
+
+
+def tensor_entries(files: list[Path]) -> Iterator[tuple[Path, str, tuple[int, ...]]]:
+    """(file, key, shape) of every tensor, from the headers only."""
+    for f in files:
+        for key, info in _header(f)[1].items():
+            yield f, key, tuple(info["shape"])
+
+
+def read_tensor(f: Path, key: str) -> np.ndarray:
+    """One tensor of a safetensors file, read alone (a head among billions of weights)."""
+    start, header = _header(f)
+    if key not in header:
+        raise CheckpointError(f"{f}: no tensor '{key}'")
+    with open(f, "rb", buffering=0) as fh:
+        return _read_tensor(fh, f, start, key, header[key])
 
 
 def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:

@@ -110,7 +110,7 @@ class RMExperiment(StoredRuns):
         _, chosen, rejected, _ = split_pairs(self.task, index)
         tok = self.tokenizers[m.name]
         return pair_rows(tok, self.prompts(m, index), chosen, rejected, self.cfg.task.max_length,
-                         decoder=self.decoder(m), eos_id=tok.eos_token_id)
+                         decoder=self.decoder(m), eos_id=None)
 
     def load(self, m: ModelConfig):
         t = self.cfg.train
@@ -364,7 +364,7 @@ class DPOExperiment(LMExperiment):
             rm = restore_params(self._rm.load(m), self.store.dir("weak", run["run_id"]) / "weights")
             return rm_scores(rm, tok, self._rm.prompts(m, index), responses,
                              max_length=cfg.task.max_length, decoder=self._rm.decoder(m),
-                             eos_id=tok.eos_token_id, batch_size=cfg.train.eval_batch_size)
+                             eos_id=None, batch_size=cfg.train.eval_batch_size)
         weak_run = self.gt_spec("weak", m, seed, splits).rid
         lm = restore_params(self.load(m), self.store.dir("weak", weak_run) / "weights")
         return lm_scores(lm, tok, format_prompts(tok, raw, cfg.task.chat), responses,

@@ -48,7 +48,7 @@ class PairData:
     chosen: list[str]  # the preferred response (ground truth)
     rejected: list[str]
     answers: list[list[str]]  # accepted answers where checkable (BIG-bench, arithmetic), else []
-    skipped: int = 0  # examples with no wrong answer to pair with (BIG-bench)
+    skipped: dict[str, int] = field(default_factory=dict)  # rows left out by the reader, by reason
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -105,30 +105,38 @@ def _split_dialogue(text, path: Path, row: int, column: str) -> tuple[str, str]:
     return text[:cut], reply
 
 
+HH_PROMPTS_DIFFER = "chosen and rejected differ before their last assistant turn"
+HH_SAME_RESPONSE = "chosen and rejected give the same response"
+
+
 def read_hh_pairs(path: str | Path, name: str | None = None) -> PairData:
-    """Each row's two dialogues split at their last assistant turn; the parts before it must
-    match, or the pair would compare different conversations."""
+    """Each row's two dialogues split at their last assistant turn. A row whose two parts
+    before it differ (the pair would compare different conversations) or whose two replies are
+    the same (nothing to prefer) is left out and counted, as the public data has a few; a row
+    that is not an HH dialogue at all is an error naming it."""
     path = Path(path).expanduser()
-    df = read_table(path, csv_dtype=str)
+    return hh_from_frame(read_table(path, csv_dtype=str), path, name or path.stem)
+
+
+def hh_from_frame(df, path, name: str) -> PairData:
+    """``read_hh_pairs`` on rows already read (``path`` names them in errors)."""
     if len(df) == 0:
         raise DataError(f"{path}: empty file (no rows)")
     require_columns(df, ("chosen", "rejected"), path)
-    prompts, chosen, rejected = [], [], []
+    ids, prompts, chosen, rejected = [], [], [], []
+    skipped: dict[str, int] = {}
     for i, row in enumerate(df.to_dict("records")):
         p_c, r_c = _split_dialogue(row["chosen"], path, i, "chosen")
         p_r, r_r = _split_dialogue(row["rejected"], path, i, "rejected")
-        if p_c != p_r:
-            raise DataError(
-                f"{path}: row {i}: chosen and rejected differ before their last assistant "
-                "turn, so they answer different prompts"
-            )
-        if r_c == r_r:
-            raise DataError(f"{path}: row {i}: chosen and rejected give the same response")
+        reason = HH_PROMPTS_DIFFER if p_c != p_r else HH_SAME_RESPONSE if r_c == r_r else None
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        ids.append(str(i))
         prompts.append(p_c)
         chosen.append(r_c)
         rejected.append(r_r)
-    ids = [str(i) for i in range(len(df))]
-    return PairData(name or path.stem, ids, prompts, chosen, rejected, [[] for _ in ids])
+    return PairData(name, ids, prompts, chosen, rejected, [[] for _ in ids], skipped)
 
 
 def bigbench_pairs(path: str | Path, name: str | None = None, seed: int = DATA_SEED) -> PairData:
@@ -151,15 +159,37 @@ def bigbench_pairs(path: str | Path, name: str | None = None, seed: int = DATA_S
         chosen.append(e.answer)
         rejected.append(wrong[int(pick[i] * len(wrong))])
         answers.append(accepted)
-    skipped = len(exs) - len(ids)
+    skipped = {NO_WRONG_ANSWER: len(exs) - len(ids)} if len(exs) > len(ids) else {}
     return PairData(name or path.parent.name, ids, prompts, chosen, rejected, answers, skipped)
 
 
+DISTRACTORS = ("near", "other")
+
+
 def arithmetic_pairs(source: str, name: str | None = None, seed: int = 0) -> PairData:
-    """``arithmetic(source)``'s questions, the right number against a near miss."""
-    data = arithmetic(source, name or f"arithmetic_pairs_{source}", seed)
-    delta = np.random.default_rng(seed + 1).choice(NEAR_MISSES, size=len(data))
-    rejected = [str(int(r) + int(d)) for r, d in zip(data.responses, delta, strict=True)]
+    """``arithmetic(sub_task)``'s questions, the right number against a wrong one; ``source`` is
+    ``<sub-task>[:near|:other]``: ``near`` (default) a near miss (off by 1 to 3, so the units
+    digit differs and a checker must really add), ``other`` another question's answer (the
+    wrong answers BIG-bench's target-only tasks get; magnitude alone often tells them apart)."""
+    sub_task, _, distractor = source.partition(":")
+    distractor = distractor or "near"
+    if distractor not in DISTRACTORS:
+        raise DataError(f"arithmetic_pairs source {source!r}: distractor {distractor!r} unknown; "
+                        f"use <sub-task>:{' or <sub-task>:'.join(DISTRACTORS)}")
+    data = arithmetic(sub_task, name or f"arithmetic_pairs_{source}", seed)
+    rng = np.random.default_rng(seed + 1)
+    if distractor == "near":
+        delta = rng.choice(NEAR_MISSES, size=len(data))
+        rejected = [str(int(r) + int(d)) for r, d in zip(data.responses, delta, strict=True)]
+    else:
+        values = np.array([int(r) for r in data.responses])
+        rejected = []
+        for v in values:
+            while True:  # another question's answer that is not this one's
+                w = values[rng.integers(len(values))]
+                if w != v:
+                    rejected.append(str(w))
+                    break
     return PairData(
         data.name,
         data.ids,
@@ -195,6 +225,12 @@ def _read(cfg: TaskConfig, cache_dir: Path) -> PairData:
         return arithmetic_pairs(cfg.source or "", cfg.name)
     if cfg.kind == "bigbench_pairs":
         return bigbench_pairs(task_file(cfg, cache_dir), cfg.name)
+    if cfg.kind == "hh_pairs" and not cfg.path and cfg.source:
+        from w2s.data.hf import download_split
+        from w2s.data.io import read_tables
+
+        files = download_split(cfg.source, cfg.hf_split, cache_dir)
+        return hh_from_frame(read_tables(files), f"{cfg.source} ({cfg.hf_split})", cfg.name)
     if cfg.kind in ("local_pairs", "hh_pairs"):
         if not cfg.path:
             raise DataError(f"task {cfg.name!r}: kind {cfg.kind} needs task.path to a data file")
@@ -240,12 +276,12 @@ def load_pairs(cfg: TaskConfig, cache_dir: str | Path, tokenizer) -> PrefTask:
         )
     if not len(data):
         raise DataError(
-            f"task {cfg.name!r}: no pairs ({data.skipped} examples had no wrong answer)"
+            f"task {cfg.name!r}: no pairs (left out: {data.skipped})"
         )
     prompts = format_prompts(tokenizer, data.prompts, cfg.chat)
     p_len = _lengths(tokenizer, prompts)
     c_len, r_len = _lengths(tokenizer, data.chosen), _lengths(tokenizer, data.rejected)
-    dropped: dict[str, int] = {NO_WRONG_ANSWER: data.skipped} if data.skipped else {}
+    dropped: dict[str, int] = dict(data.skipped)
     seen: set[str] = set()
     keep = []
     for i, p in enumerate(prompts):

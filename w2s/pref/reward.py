@@ -18,10 +18,7 @@ import numpy as np
 
 from w2s.models import load_classifier
 from w2s.models.classifier import Classifier
-
-# the header reader and dtype table, to read one tensor: iter_tensors reads every tensor of a
-# file, and the head is usually the last one, so it would read the whole checkpoint again
-from w2s.models.hub import _DTYPES, CheckpointError, _header, safetensors_files
+from w2s.models.hub import CheckpointError, read_tensor, safetensors_files, tensor_entries
 from w2s.models.loading import build_config, strip_prefix
 
 __all__ = ["load_reward_model", "rewards"]
@@ -33,33 +30,12 @@ SCORE_BIAS = "score.bias"  # never saved by transformers; loaded if a checkpoint
 
 
 def _find(files: list[Path], key: str, prefixes: tuple[str, ...]):
-    """(file, data offset, header entry, raw key) of the tensor named ``key`` once the
-    architecture prefix is removed, from the headers only; None when no file has it."""
-    for f in files:
-        start, header = _header(f)
-        for raw, info in header.items():
-            if strip_prefix(raw, prefixes) == key:
-                return f, start, info, raw
+    """(file, raw key, shape) of the tensor named ``key`` once the architecture prefix is
+    removed, from the headers only; None when no file has it."""
+    for f, raw, shape in tensor_entries(files):
+        if strip_prefix(raw, prefixes) == key:
+            return f, raw, shape
     return None
-
-
-def _read(f: Path, start: int, info: dict, raw: str) -> np.ndarray:
-    """One tensor's data, as float32, read with a single seek."""
-    if info["dtype"] not in _DTYPES:
-        raise CheckpointError(f"{f}: tensor '{raw}' has unsupported dtype {info['dtype']}")
-    dtype = np.dtype(_DTYPES[info["dtype"]])
-    nbytes = int(np.prod(info["shape"], dtype=np.int64)) * dtype.itemsize
-    begin, end = info["data_offsets"]
-    if end - begin != nbytes:
-        raise CheckpointError(
-            f"{f}: tensor '{raw}' spans {end - begin} bytes, its shape and dtype need {nbytes}"
-        )
-    with open(f, "rb") as fh:
-        fh.seek(start + begin)
-        data = fh.read(nbytes)
-    if len(data) != nbytes:
-        raise CheckpointError(f"{f}: file ends inside tensor '{raw}'")
-    return np.frombuffer(data, dtype).reshape(info["shape"]).astype(np.float32)
 
 
 def _score_head(ckpt: Path, prefixes: tuple[str, ...], hidden: int):
@@ -68,8 +44,7 @@ def _score_head(ckpt: Path, prefixes: tuple[str, ...], hidden: int):
     found = _find(files, SCORE_KEY, prefixes)
     if found is None:
         return None
-    f, _, info, raw = found
-    shape = tuple(info["shape"])
+    f, raw, shape = found
     if shape != (1, hidden):
         what = (
             f"{shape[0]} outputs (a {shape[0]}-label classifier), a reward model needs 1"
@@ -77,15 +52,15 @@ def _score_head(ckpt: Path, prefixes: tuple[str, ...], hidden: int):
             else f"the reward model expects (1, {hidden})"
         )
         raise CheckpointError(f"{f}: score head '{raw}' has shape {shape}: {what}")
-    kernel = _read(*found).T  # torch Linear [1, H] -> kernel [H, 1]
+    kernel = read_tensor(f, raw).astype(np.float32).T  # torch Linear [1, H] -> kernel [H, 1]
     bias = _find(files, SCORE_BIAS, prefixes)
     if bias is not None:
-        if tuple(bias[2]["shape"]) != (1,):
+        f_b, raw_b, shape_b = bias
+        if shape_b != (1,):
             raise CheckpointError(
-                f"{bias[0]}: score bias '{bias[3]}' has shape {tuple(bias[2]['shape'])}, "
-                "a reward model expects (1,)"
+                f"{f_b}: score bias '{raw_b}' has shape {shape_b}, a reward model expects (1,)"
             )
-        bias = _read(*bias)
+        bias = read_tensor(f_b, raw_b).astype(np.float32)
     return kernel, bias
 
 

@@ -8,7 +8,9 @@ pairs (the student's own hardened preference mixed into the target). Ground-trut
 a w2s run uses the weak reward model's probabilities.
 
 Texts are scored as the backbone expects them: decoders read the prompt's tokens then the
-response's (+ EOS) and pool the last one; encoders read the tokenizer's sentence pair.
+response's and pool the last one (the orchestrator appends no EOS: the last response token has
+read the whole answer, while an appended EOS's state mostly says "the end", and a full instruct
+model's reward then barely moves from it); encoders read the tokenizer's sentence pair.
 """
 
 from __future__ import annotations
