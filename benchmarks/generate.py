@@ -330,10 +330,9 @@ def build_w2s_sft(lm, data: dict[str, np.ndarray], cfg, lr: float) -> tt.Trainer
     import jax.numpy as jnp
     from flax import nnx
 
+    from w2s.lm.losses import response_targets
     from w2s.lm.step import make_lm_step
     from w2s.train.step import optimizer
-
-    from w2s.lm.losses import response_targets
 
     graphdef, params = nnx.split(lm)
     tx = optimizer(cfg, lr, 1000)

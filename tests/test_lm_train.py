@@ -162,7 +162,7 @@ def test_combined_objective_mixes_kd_and_self_training(ckpts):
 def test_sft_step_with_logits_at_response_positions_only_is_the_same_step(ckpts):
     """``response_targets`` in the batch makes the step project only the positions that predict
     response tokens: loss and updated parameters equal the full-logits step's."""
-    from w2s.lm.losses import gathered_nll, response_targets
+    from w2s.lm.losses import gathered_logits, gathered_nll, response_targets
 
     rng = np.random.default_rng(4)
     ids = rng.integers(3, VOCAB, size=(3, 10)).astype(np.int32)
@@ -177,17 +177,22 @@ def test_sft_step_with_logits_at_response_positions_only_is_the_same_step(ckpts)
     lm = load_lm(str(next(iter(ckpts.values()))))
     full = response_nll(lm(batch["input_ids"], batch["attention_mask"]), batch["input_ids"],
                         batch["loss_mask"])
-    sparse = gathered_nll(lm, {**batch, **{k: jnp.asarray(v) for k, v in targets.items()}})
+    with_targets = {**batch, **{k: jnp.asarray(v) for k, v in targets.items()}}
+    sparse = gathered_nll(gathered_logits(lm, with_targets), with_targets)
     np.testing.assert_allclose(float(sparse), float(full), rtol=1e-6)
 
-    results = []
-    for extra in ({}, targets):
-        graphdef, params = nnx.split(load_lm(str(next(iter(ckpts.values())))))
-        tx = optax.sgd(0.5)
-        step = make_lm_step(graphdef, tx)
-        params, _, loss = step(params, tx.init(params), {**batch, **{k: jnp.asarray(v) for k, v
-                                                                     in extra.items()}})
-        results.append((float(loss), params))
-    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
-    for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    paths = [str(p) for p in ckpts.values()][:2]
+    for kd in (None, KD("fkl", 2.0), KD("js", 1.0, beta=0.3)):  # SFT, then KD from a teacher
+        results = []
+        for extra in ({}, targets):
+            graphdef, params = nnx.split(load_lm(paths[0]))
+            teacher = nnx.split(load_lm(paths[1])) if kd else (None, None)
+            tx = optax.sgd(0.5)
+            step = make_lm_step(graphdef, tx, teacher=teacher[0], kd=kd)
+            params, _, loss = step(params, tx.init(params), {
+                **batch, **{k: jnp.asarray(v) for k, v in extra.items()}}, teacher[1])
+            results.append((float(loss), params))
+        assert results[0][0] == pytest.approx(results[1][0], rel=1e-6), kd
+        for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]),
+                        strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

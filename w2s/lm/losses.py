@@ -41,14 +41,18 @@ def response_targets(input_ids, loss_mask, min_size: int = 64) -> dict:
     return {"target_index": index, "target_ids": target, "target_weight": weight}
 
 
-def gathered_nll(lm, batch: dict) -> jax.Array:
-    """``response_nll`` computing logits only at ``response_targets``' positions: the LM head
-    (the largest matmul of a small LM, and its backward) runs on T rows instead of B * S, most
-    of which are prompt or padding."""
+def gathered_logits(lm, batch: dict) -> jax.Array:
+    """Logits [T, V] only at ``response_targets``' positions: the LM head (the largest matmul
+    of a small LM, and its backward) runs on T rows instead of B * S, most of which are prompt
+    or padding."""
     hidden = lm.backbone(batch["input_ids"], batch["attention_mask"])
     b, s, h = hidden.shape
-    logits = lm.logits(hidden.reshape(b * s, h)[batch["target_index"]])
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return lm.logits(hidden.reshape(b * s, h)[batch["target_index"]]).astype(jnp.float32)
+
+
+def gathered_nll(logits: jax.Array, batch: dict) -> jax.Array:
+    """``response_nll`` from ``gathered_logits``: the same value."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
     tok = jnp.take_along_axis(logp, batch["target_ids"][:, None], axis=-1)[:, 0]
     w = batch["target_weight"]
     return -jnp.sum(tok * w) / jnp.maximum(jnp.sum(w), 1.0)

@@ -14,8 +14,8 @@ import jax
 import optax
 from flax import nnx
 
-from w2s.lm.divergences import check_token_divergence
-from w2s.lm.losses import gathered_nll, response_kd, response_nll
+from w2s.lm.divergences import check_token_divergence, token_divergence
+from w2s.lm.losses import gathered_logits, gathered_nll, response_kd, response_nll
 from w2s.train.schedules import alpha_at, check_schedule_names
 from w2s.train.step import forward
 
@@ -52,8 +52,9 @@ def make_lm_step(
     """step(params, opt_state, batch[, teacher_params[, step_frac]]) -> (params, opt_state, loss).
 
     ``batch``: ``input_ids``, ``attention_mask``, ``loss_mask`` [B, S]. Without ``teacher`` the
-    loss is the response NLL (with ``w2s.lm.losses.response_targets`` in the batch, computed
-    with logits at the response positions only: the same value, a fraction of the LM head); with it, ``kd``'s divergence to the teacher's distributions. With
+    loss is the response NLL; with it, ``kd``'s divergence to the teacher's distributions. With
+    ``w2s.lm.losses.response_targets`` in the batch, either is computed from logits at the
+    response positions only: the same value for a fraction of the LM head's work. With
     ``aux`` the batch also holds ``aux_input_ids`` / ``aux_attention_mask`` /
     ``aux_loss_mask`` (the student's own answers) and ``step_frac`` sets α.
     """
@@ -65,8 +66,15 @@ def make_lm_step(
         check_schedule_names(alpha_schedule=aux.schedule)
 
     def main_loss(params, batch, teacher_params):
-        if teacher is None and "target_index" in batch:
-            return gathered_nll(nnx.merge(graphdef, params), batch)
+        if "target_index" in batch:  # logits only where the loss is (the same loss)
+            student = gathered_logits(nnx.merge(graphdef, params), batch)
+            if teacher is None:
+                return gathered_nll(student, batch)
+            t_logits = jax.lax.stop_gradient(
+                gathered_logits(nnx.merge(teacher, teacher_params), batch))
+            return token_divergence(student[None], t_logits[None],
+                                    batch["target_weight"][None], kd.kind, kd.temperature,
+                                    beta=kd.beta, skew=kd.skew)
         logits = forward(graphdef, params, batch)
         if teacher is None:
             return response_nll(logits, batch["input_ids"], batch["loss_mask"])

@@ -154,9 +154,9 @@ def train_lm(
                     0,
                 )
                 batch = {**batch, **{f"aux_{k}": v for k, v in own.items()}}
-            if teacher is None:  # SFT: logits only where the loss is
-                batch.update({k: jnp.asarray(v) for k, v in
-                              response_targets(batch["input_ids"], batch["loss_mask"]).items()})
+            # logits only where the loss is (the auxiliary's own answers keep full logits)
+            batch.update({k: jnp.asarray(v) for k, v in
+                          response_targets(batch["input_ids"], batch["loss_mask"]).items()})
             params, opt_state, loss = step(params, opt_state, batch, t_params, t / total)
             t += 1
             history.append((t, float(loss)))
