@@ -94,6 +94,27 @@ def test_rm_runs_score_pairwise_accuracy_from_their_rewards(rm_results):
     assert s["loss"] == "bt_xent" and s["n_train"] == 16
 
 
+def test_analysis_reads_rm_runs_as_pairwise_classifiers(rm_results, tmp_path):
+    """w2s-analyze on the RM runs: PGR from pairwise accuracy and the agreement of the preferred
+    sides, recomputed here from the stored rewards."""
+    from analysis.cli import main
+
+    assert main([str(rm_results), "--out", str(tmp_path)]) == 0
+    (r,) = pd.read_csv(tmp_path / "pgr_runs.csv").itertuples()
+
+    def wins(kind):
+        (m,) = _metrics(rm_results, kind).values()
+        df = pd.read_parquet(rm_results / "runs" / kind / m["run_id"] / "predictions.parquet")
+        np.testing.assert_allclose(np.stack(df.probs)[:, 1], df.prob)
+        return (df.set_index("id").sort_index().r_chosen > df.set_index("id").sort_index()
+                .r_rejected).to_numpy()
+
+    w, c, s = wins("weak"), wins("ceiling"), wins("w2s")
+    assert r.acc_weak == pytest.approx(w.mean()) and r.acc_w2s == pytest.approx(s.mean())
+    assert r.pgr == pytest.approx((s.mean() - w.mean()) / (c.mean() - w.mean()))
+    assert r.agreement == pytest.approx(np.mean(w == s))
+
+
 def test_weak_rm_preferences_are_its_restored_rewards(rm_results, pref_env):
     from w2s.pref.reward import load_reward_model
     from w2s.pref.rm_train import pair_rows, score_pairs

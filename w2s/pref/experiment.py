@@ -11,8 +11,8 @@ store, run ids and console:
   weak RM is surest about.
 
 ``accuracy`` is pairwise accuracy on test (ties count half), so PGR and the summary read it as
-they read classification accuracy. ``predictions.parquet``: id, split, r_chosen, r_rejected,
-prob, correct, confidence.
+they read classification accuracy. ``predictions.parquet`` holds each test pair as a two-class
+row (``_pref_frame``: label 1, probs [1 − p, p]) with its two rewards.
 
 ``pref.stage=dpo`` (``DPOExperiment``) is the dSFT -> dDPO chain on a task whose chosen
 responses are references: the language-model runs (weak SFT on A, ceiling SFT on B, w2s dSFT
@@ -239,12 +239,15 @@ class RMExperiment(StoredRuns):
 
 
 def _pref_frame(ids, split: str, rc, rr) -> pd.DataFrame:
+    """Pairs as two-class rows, (rejected, chosen) preferred: ``probs`` = [1 − p, p] with
+    p = P(chosen ≻ rejected) and ``label`` 1, so the analysis reads a reward model's
+    predictions as it reads a binary classifier's (agreement, calibration, cascades); the
+    rewards themselves ride along."""
     prob = preference(rc, rr)
     return pd.DataFrame({
-        "id": list(ids), "split": split,
+        "id": list(ids), "split": split, "label": 1,
+        "probs": [[1.0 - p, p] for p in prob], "prob": prob,
         "r_chosen": np.asarray(rc, np.float64), "r_rejected": np.asarray(rr, np.float64),
-        "prob": prob, "correct": np.asarray(rc) > np.asarray(rr),
-        "confidence": np.maximum(prob, 1 - prob),
     })
 
 
