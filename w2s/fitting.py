@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import OmegaConf
 
 
@@ -43,6 +44,26 @@ class StoredRuns:
                 raise
         self.console.finished(metrics)
         return metrics
+
+    def run(self) -> pd.DataFrame:
+        """One row per seed: test accuracy (or exact match) of weak, ceiling and w2s, and their
+        run ids; ``gt_spec`` / ``w2s_spec`` / ``splits`` come from the orchestrator."""
+        cfg, out = self.cfg, []
+        for seed in cfg.seeds:
+            splits = self.splits(seed)
+            row: dict = {"seed": seed}
+            weak = None
+            if {"weak", "w2s"} & set(cfg.kinds):
+                weak = self.fit(self.gt_spec("weak", cfg.weak, seed, splits), splits)
+                row.update(weak=weak["accuracy"], weak_run_id=weak["run_id"])
+            if "ceiling" in cfg.kinds:
+                c = self.fit(self.gt_spec("ceiling", cfg.strong, seed, splits), splits)
+                row.update(ceiling=c["accuracy"], ceiling_run_id=c["run_id"])
+            if "w2s" in cfg.kinds:
+                w = self.fit(self.w2s_spec(seed, splits, weak), splits)
+                row.update(w2s=w["accuracy"], w2s_run_id=w["run_id"])
+            out.append(row)
+        return pd.DataFrame(out)
 
     def _complete(self, spec, d: Path) -> bool:
         """A finished run is reusable when what later runs read from it is there."""

@@ -23,6 +23,7 @@ from w2s.lm.generations import answer
 from w2s.lm.losses import response_targets, row_nll
 from w2s.lm.metrics import exact_match
 from w2s.lm.step import KD, SelfTraining, check_same_vocab, make_lm_step
+from w2s.train.batches import shuffled_rows
 from w2s.train.step import forward, optimizer
 
 
@@ -118,9 +119,8 @@ def train_lm(
         raise ValueError("self-training (aux) needs eos_id to cut the student's own answers")
     room = max(on_policy.max_new_tokens if on_policy else 0, aux_max_new_tokens if aux else 0)
     rows = trim(rows, room)  # generated answers must fit too
-    bs = min(cfg.batch_size, n)
-    per_epoch = -(-n // bs)
-    total = per_epoch * cfg.epochs
+    rng = np.random.default_rng(seed)
+    total, batches = shuffled_rows(n, cfg.batch_size, cfg.epochs, rng)
     graphdef, params = nnx.split(lm)
     t_graphdef = t_params = None
     if teacher is not None:
@@ -132,34 +132,27 @@ def train_lm(
     )
     greedy = OnPolicy(1.0, aux_max_new_tokens, eos_id, temperature=0.0) if aux else None
     opt_state = tx.init(params)
-    rng = np.random.default_rng(seed)
     history = []
-    t = 0
-    for _ in range(cfg.epochs):
-        order = rng.permutation(n)
-        order = np.concatenate([order, -np.ones(per_epoch * bs - n, np.int64)])
-        for b in range(per_epoch):
-            idx = order[b * bs : (b + 1) * bs]
-            batch = _take(rows, idx)
-            if on_policy is not None and rng.random() < on_policy.fraction:
-                student = nnx.merge(graphdef, params)
-                plen = rows.prompt_lengths[np.maximum(idx, 0)]
-                batch = on_policy_batch(student, batch, plen, on_policy, seed * 100003 + t)
-            if aux is not None:
-                own = on_policy_batch(
-                    nnx.merge(graphdef, params),
-                    batch,
-                    rows.prompt_lengths[np.maximum(idx, 0)],
-                    greedy,
-                    0,
-                )
-                batch = {**batch, **{f"aux_{k}": v for k, v in own.items()}}
-            # logits only where the loss is (the auxiliary's own answers keep full logits)
-            batch.update({k: jnp.asarray(v) for k, v in
-                          response_targets(batch["input_ids"], batch["loss_mask"]).items()})
-            params, opt_state, loss = step(params, opt_state, batch, t_params, t / total)
-            t += 1
-            history.append((t, float(loss)))
+    for t, idx in enumerate(batches):
+        batch = _take(rows, idx)
+        if on_policy is not None and rng.random() < on_policy.fraction:
+            student = nnx.merge(graphdef, params)
+            plen = rows.prompt_lengths[np.maximum(idx, 0)]
+            batch = on_policy_batch(student, batch, plen, on_policy, seed * 100003 + t)
+        if aux is not None:
+            own = on_policy_batch(
+                nnx.merge(graphdef, params),
+                batch,
+                rows.prompt_lengths[np.maximum(idx, 0)],
+                greedy,
+                0,
+            )
+            batch = {**batch, **{f"aux_{k}": v for k, v in own.items()}}
+        # logits only where the loss is (the auxiliary's own answers keep full logits)
+        batch.update({k: jnp.asarray(v) for k, v in
+                      response_targets(batch["input_ids"], batch["loss_mask"]).items()})
+        params, opt_state, loss = step(params, opt_state, batch, t_params, t / total)
+        history.append((t + 1, float(loss)))
     return TrainResult(nnx.merge(graphdef, params), history)
 
 

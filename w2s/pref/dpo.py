@@ -21,6 +21,7 @@ from w2s.config import TrainConfig
 from w2s.lm.data import SFTBatch, sft_tokenize
 from w2s.lm.train import row_scores
 from w2s.pref.losses import check_dpo, dpo, sequence_logprob
+from w2s.train.batches import shuffled_rows
 from w2s.train.step import forward, optimizer
 
 
@@ -111,20 +112,13 @@ def train_dpo(lm, rows: DPORows, ref: tuple[np.ndarray, np.ndarray], cfg: TrainC
     if len(ref_c) != n or len(ref_r) != n:
         raise ValueError(f"train_dpo: reference log-probs for {len(ref_c)} pairs, {n} pairs given")
     epochs = cfg.epochs if epochs is None else epochs
-    bs = min(cfg.batch_size, n)
-    per_epoch = -(-n // bs)
-    total = per_epoch * epochs
+    total, batches = shuffled_rows(n, cfg.batch_size, epochs, np.random.default_rng(seed))
     graphdef, params = nnx.split(lm)
     tx = optimizer(cfg, lr, total)
     step = make_dpo_step(graphdef, tx, settings)
     opt_state = tx.init(params)
-    rng = np.random.default_rng(seed)
-    history, t = [], 0
-    for _ in range(epochs):
-        order = np.concatenate([rng.permutation(n), -np.ones(per_epoch * bs - n, np.int64)])
-        for b in range(per_epoch):
-            batch = _batch(rows, order[b * bs : (b + 1) * bs], ref_c, ref_r)
-            params, opt_state, value = step(params, opt_state, batch)
-            t += 1
-            history.append((t, float(value)))
+    history = []
+    for t, idx in enumerate(batches):
+        params, opt_state, value = step(params, opt_state, _batch(rows, idx, ref_c, ref_r))
+        history.append((t + 1, float(value)))
     return nnx.merge(graphdef, params), history

@@ -219,24 +219,6 @@ class RMExperiment(StoredRuns):
         self.store.finish(d, metrics, predictions)
         return metrics
 
-    def run(self) -> pd.DataFrame:
-        cfg, out = self.cfg, []
-        for seed in cfg.seeds:
-            splits = self.splits(seed)
-            row: dict = {"seed": seed}
-            weak = None
-            if {"weak", "w2s"} & set(cfg.kinds):
-                weak = self.fit(self.gt_spec("weak", cfg.weak, seed, splits), splits)
-                row.update(weak=weak["accuracy"], weak_run_id=weak["run_id"])
-            if "ceiling" in cfg.kinds:
-                c = self.fit(self.gt_spec("ceiling", cfg.strong, seed, splits), splits)
-                row.update(ceiling=c["accuracy"], ceiling_run_id=c["run_id"])
-            if "w2s" in cfg.kinds:
-                w = self.fit(self.w2s_spec(seed, splits, weak), splits)
-                row.update(w2s=w["accuracy"], w2s_run_id=w["run_id"])
-            out.append(row)
-        return pd.DataFrame(out)
-
 
 def _pref_frame(ids, split: str, rc, rr) -> pd.DataFrame:
     """Pairs as two-class rows, (rejected, chosen) preferred: ``probs`` = [1 − p, p] with

@@ -25,6 +25,7 @@ from flax import nnx
 
 from w2s.config import LossConfig, TrainConfig
 from w2s.lm.data import sft_tokenize
+from w2s.train.batches import shuffled_rows
 from w2s.train.losses import logconf, xent
 from w2s.train.step import forward, optimizer
 
@@ -124,22 +125,15 @@ def train_rm(model, rows: PairRows, targets: np.ndarray, cfg: TrainConfig, *, lr
         raise ValueError("train_rm: no pairs to train on")
     if len(targets) != n:
         raise ValueError(f"train_rm: {len(targets)} targets for {n} pairs")
-    bs = min(cfg.batch_size, n)
-    per_epoch = -(-n // bs)
-    total = per_epoch * cfg.epochs
+    total, batches = shuffled_rows(n, cfg.batch_size, cfg.epochs, np.random.default_rng(seed))
     graphdef, params = nnx.split(model)
     tx = optimizer(cfg, lr, total)
     step = make_rm_step(graphdef, tx, loss)
     opt_state = tx.init(params)
-    rng = np.random.default_rng(seed)
-    history, t = [], 0
-    for _ in range(cfg.epochs):
-        order = np.concatenate([rng.permutation(n), -np.ones(per_epoch * bs - n, np.int64)])
-        for b in range(per_epoch):
-            batch = _batch(rows, order[b * bs : (b + 1) * bs], targets)
-            params, opt_state, value = step(params, opt_state, batch, t / total)
-            t += 1
-            history.append((t, float(value)))
+    history = []
+    for t, idx in enumerate(batches):
+        params, opt_state, value = step(params, opt_state, _batch(rows, idx, targets), t / total)
+        history.append((t + 1, float(value)))
     return nnx.merge(graphdef, params), history
 
 

@@ -98,3 +98,20 @@ def pad_rows(ids: list[np.ndarray], index: np.ndarray, length: int, pad_id: int)
         out[r, : len(row)] = row
         mask[r, : len(row)] = 1
     return out, mask
+
+
+def shuffled_rows(n: int, batch_size: int, epochs: int, rng: np.random.Generator):
+    """(steps, batches): ``epochs`` seeded shuffles of ``n`` rows cut into batches of exactly
+    ``batch_size`` (at most ``n``) indices, -1 marking the all-pad filler rows of each epoch's
+    last batch (one compiled step serves every batch). Each epoch's permutation is drawn from
+    ``rng`` when the epoch starts, so draws the caller makes between batches keep their place."""
+    bs = min(batch_size, n)
+    per_epoch = -(-n // bs)
+
+    def batches():
+        for _ in range(epochs):
+            order = np.concatenate([rng.permutation(n), -np.ones(per_epoch * bs - n, np.int64)])
+            for b in range(per_epoch):
+                yield order[b * bs : (b + 1) * bs]
+
+    return per_epoch * epochs, batches()
