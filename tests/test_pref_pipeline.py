@@ -248,6 +248,7 @@ def test_ai_feedback_pairs_are_the_judges_best_and_worst_samples(pref_env, tmp_p
     (("pref=rm", "pref.judge=gpt"), "pref.judge='gpt' unknown"),
     (("pref=dpo", "loss=dsft", "pref.beta=0"), "beta > 0"),
     (("pref=rm", "loss=xent", "train.lora.rank=4"), "not implemented for reward-model runs"),
+    (("pref=dpo", "loss=dsft", "kinds=[w2s]"), "runs the whole chain"),
 ])
 def test_bad_settings_are_refused_before_training(pref_env, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):

@@ -124,6 +124,9 @@ def check_pref_config(cfg: Config) -> None:
         if cfg.loss.name != "dsft":
             raise ValueError(f"pref.stage=dpo chains dSFT into dDPO: use loss=dsft, not "
                              f"{cfg.loss.name!r}")
+        if sorted(cfg.kinds) != sorted(KINDS):
+            raise ValueError(f"kinds={list(cfg.kinds)}: pref.stage=dpo runs the whole chain "
+                             "(weak, ceiling and w2s, each SFT then DPO); drop kinds=")
         check_lm_config(cfg)
         return
     if cfg.loss.name not in RM_LOSSES or cfg.loss.supervision != "labels":

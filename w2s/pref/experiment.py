@@ -406,10 +406,7 @@ class DPOExperiment(LMExperiment):
     # -- the experiment ----------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
         """Per seed: weak; ceiling SFT and its DPO; dSFT and its dDPO (test exact match)."""
-        cfg, out = self.cfg, []
-        if cfg.loss.name != "dsft":
-            raise ValueError(f"pref.stage=dpo chains dSFT into dDPO: use loss=dsft, not "
-                             f"{cfg.loss.name!r}")
+        cfg, out = self.cfg, []  # check_config has made sure loss=dsft
         for seed in cfg.seeds:
             splits = self.splits(seed)
             weak = self.fit(self.gt_spec("weak", cfg.weak, seed, splits), splits)
