@@ -134,6 +134,9 @@ def paths(root: Path) -> dict:
     (["kinds=[ceiling]", "seeds=[0,1,2]"], 3),
     (["kinds=[w2s]", "extra_weak=[{name:b,path:x}]"], 2 + 1),  # weak runs supervise w2s
     (["kinds=[weak]", "extra_weak=[{name:b,path:x}]"], 2),
+    (["task=local_pairs", "task.path=x", "pref=dpo", "seeds=[0,1]"], 2 * 5),  # + DPO stage
+    (["task=local_pairs", "task.path=x", "pref=dpo", "pref.judge=rm"], 6),  # + the weak RM
+    (["task=local_pairs", "task.path=x", "pref=rm"], 3),
 ])
 def test_planned_runs(tmp_path, extra, n):
     from w2s.console import planned_runs

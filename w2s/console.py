@@ -59,6 +59,13 @@ def planned_runs(cfg) -> int:
         per_seed += 1
     if "w2s" in kinds:
         per_seed += cfg.s2s_rounds + 1
+    from w2s.pref.pairs import is_preference
+
+    pref = getattr(cfg, "pref", None)
+    if pref is not None and pref.stage == "dpo" and is_preference(cfg.task):
+        per_seed += 2  # the chain's ceiling DPO and dDPO (w2s.pref.experiment)
+        if pref.judge == "rm":
+            per_seed += 1  # the weak reward model that judges
     return per_seed * len(cfg.seeds)
 
 

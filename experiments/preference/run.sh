@@ -19,6 +19,9 @@ fi
 if [[ "$what" == dpo || "$what" == all ]]; then
   start=$(date +%s)
   $W +experiment=preference_dpo "results_dir=$R/dpo" train.progress=false
+  # the same chain judged by a weak reward model (trained on A's pairs) instead of the weak LM;
+  # the SFT runs and the ceiling DPO are reused
+  $W +experiment=preference_dpo "results_dir=$R/dpo" train.progress=false pref.judge=rm
   .venv/bin/w2s-analyze "$R/dpo" --out experiments/preference/dpo --quiet
   echo "preference dpo recipe wall time: $(( $(date +%s) - start )) s"
 fi
