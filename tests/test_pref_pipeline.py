@@ -220,9 +220,14 @@ def test_a_rerun_reuses_the_judged_pairs_and_the_reference_logprobs(dpo_results,
     assert dpo_c["reference_reused"] and ddpo["reference_reused"] and ddpo["pairs_reused"]
 
 
-def test_ddpo_with_a_weak_reward_model_judge(pref_env, tmp_path):
+def test_ddpo_with_a_weak_reward_model_judge(pref_env, tmp_path, capsys):
     _run(pref_env, tmp_path, "pref=dpo", "loss=dsft", "pref.judge=rm", "pref.epochs=1",
          "train.epochs=2")
+    assert "[6/6]" in capsys.readouterr().out  # the weak RM fitted once, counted once
+    ceilings = _metrics(tmp_path, "ceiling")
+    _run(pref_env, tmp_path, "pref=dpo", "loss=dsft", "pref.judge=lm", "pref.epochs=1",
+         "train.epochs=2")
+    assert _metrics(tmp_path, "ceiling").keys() == ceilings.keys()  # the judge is not its input
     ddpo = _one(tmp_path, "w2s", loss="ddpo_rm_dpo_b0.1")
     weak = _metrics(tmp_path, "weak").values()
     (rm,) = [m for m in weak if (tmp_path / "runs" / "weak" / m["run_id"] /

@@ -233,6 +233,16 @@ def _pref_frame(ids, split: str, rc, rr) -> pd.DataFrame:
     })
 
 
+def _dpo_identity(cfg: Config, kind: str) -> dict:
+    """The DPO settings a run depends on: the ceiling trains on B's true pairs, so the judge
+    and the AI-feedback settings are not its own (another judge reuses it)."""
+    p = runs.identity(cfg.pref)
+    if kind == "ceiling":
+        for key in ("judge", "samples", "sample_temperature", "min_margin"):
+            p.pop(key)
+    return p
+
+
 class DPOExperiment(LMExperiment):
     """The dSFT -> dDPO chain: the LM experiment's runs, then ceiling DPO and dDPO."""
 
@@ -265,7 +275,7 @@ class DPOExperiment(LMExperiment):
             "model": runs.identity(cfg.strong, labelled=True),
             "train": runs.train_identity(cfg, kind, cfg.strong),
             "seed": seed,
-            "pref": runs.identity(cfg.pref),
+            "pref": _dpo_identity(cfg, kind),
             "start": [start["kind"], start["run_id"]],
             "pairs": pairs,
         }
@@ -332,11 +342,16 @@ class DPOExperiment(LMExperiment):
         return frame, False
 
     def _weak_rm(self, seed: int, splits) -> dict:
-        """The weak reward model on A's ground-truth pairs (``pref.judge=rm``)."""
+        """The weak reward model on A's ground-truth pairs (``pref.judge=rm``), fitted or
+        reused once per seed."""
         if not hasattr(self, "_rm"):
             self._rm = RMExperiment(self.cfg, checked=True)
             self._rm.console = self.console
-        return self._rm.fit(self._rm.gt_spec("weak", self.cfg.weak, seed, splits), splits)
+            self._rm_runs: dict[int, dict] = {}
+        if seed not in self._rm_runs:
+            spec = self._rm.gt_spec("weak", self.cfg.weak, seed, splits)
+            self._rm_runs[seed] = self._rm.fit(spec, splits)
+        return self._rm_runs[seed]
 
     def _judge(self, seed: int, splits, index, responses: list[str]) -> np.ndarray:
         """The weak judge's score of each (prompt of row ``index[k]``, ``responses[k]``); it
