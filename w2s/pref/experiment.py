@@ -329,11 +329,10 @@ class DPOExperiment(LMExperiment):
             split_at = np.cumsum(reps)[:-1]
             frame = best_and_worst(ids, strong_prompts, texts, np.split(scores, split_at),
                                    p.min_margin)
-        else:
-            s_first = self._judge(spec.seed, splits, b, chosen)
-            s_second = self._judge(spec.seed, splits, b, rejected)
-            frame = order_pairs(ids, strong_prompts, chosen, rejected, s_first, s_second,
-                                p.min_margin)
+        else:  # both sides scored in one pass of the weak model
+            scores = self._judge(spec.seed, splits, np.concatenate([b, b]), chosen + rejected)
+            frame = order_pairs(ids, strong_prompts, chosen, rejected, scores[: len(b)],
+                                scores[len(b) :], p.min_margin)
         if len(frame) == 0:
             raise ValueError(f"the weak judge ({p.judge}) left no B pair (min_margin="
                              f"{p.min_margin}); lower pref.min_margin")
@@ -378,7 +377,7 @@ class DPOExperiment(LMExperiment):
         start_kind, start_rid = spec.identity["start"]
         start_dir = self.store.dir(start_kind, start_rid)
         if spec.kind == "ceiling":
-            pairs, pairs_reused = self.gt_pairs(splits), True
+            pairs, pairs_reused = self.gt_pairs(splits), None
         else:
             pairs, pairs_reused = self.judged_pairs(spec, splits, start_dir)
         rows = dpo_rows(tok, list(pairs["prompt"]), list(pairs["chosen"]),
@@ -401,14 +400,15 @@ class DPOExperiment(LMExperiment):
         with timed() as t:
             policy, history = train_dpo(policy, rows, (ref_c, ref_r), cfg.train, lr=lr,
                                         settings=settings, epochs=p.epochs, seed=spec.seed)
-        gt = self.gt_pairs(splits).set_index("id")
-        agree = float(np.mean([gt.loc[i, "chosen"] == c
-                               for i, c in zip(pairs["id"], pairs["chosen"], strict=True)]))
+        agree = None  # how often the weak judge ordered B's own pairs as the truth does
+        if spec.kind == "w2s" and not p.samples:
+            truth = self.gt_pairs(splits).set_index("id")["chosen"]
+            agree = float(np.mean(truth.loc[pairs["id"]].to_numpy() == pairs["chosen"].to_numpy()))
         n = len(pairs)
         trained = {
             "n_train": n,
             "n_pairs": n,
-            "judge_agreement": agree if spec.kind == "w2s" and not p.samples else None,
+            "judge_agreement": agree,
             "pairs_reused": pairs_reused,
             "reference_reused": cached is not None,
             "truncated_references": int(rows.chosen.truncated + rows.rejected.truncated),
