@@ -30,7 +30,7 @@ from w2s.data.bigbench import read_examples, task_file
 from w2s.data.io import read_table, require_columns
 from w2s.data.tasks import DATA_SEED, DUPLICATE_REASON, DataError
 from w2s.lm.data import format_prompts, strings_column
-from w2s.lm.tasks import arithmetic
+from w2s.lm.tasks import GenTask, arithmetic
 
 PREFERENCE_KINDS = ("local_pairs", "hh_pairs", "bigbench_pairs", "arithmetic_pairs")
 PROMPT_TOO_LONG = "prompt leaves no room for a response within task.max_length"
@@ -201,23 +201,11 @@ def arithmetic_pairs(source: str, name: str | None = None, seed: int = 0) -> Pai
 
 
 @dataclass
-class PrefTask:
-    """A preference task after formatting and drops: ``prompts`` are chat-formatted."""
+class PrefTask(GenTask):
+    """A preference task after formatting and drops: ``prompts`` are chat-formatted; ``data``
+    holds the pairs (``name``, ``ids`` and ``len`` as for a generative task)."""
 
     data: PairData
-    prompts: list[str]
-    dropped: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.data.name
-
-    @property
-    def ids(self) -> list[str]:
-        return self.data.ids
-
-    def __len__(self) -> int:
-        return len(self.data)
 
 
 def _read(cfg: TaskConfig, cache_dir: Path) -> PairData:
