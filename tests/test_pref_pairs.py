@@ -13,13 +13,12 @@ from omegaconf import OmegaConf
 from w2s.config import TaskConfig
 from w2s.data import make_splits
 from w2s.data.tasks import DUPLICATE_REASON, DataError
-from w2s.lm.tasks import arithmetic
+from w2s.lm.tasks import PROMPT_TOO_LONG, arithmetic
 from w2s.pref.pairs import (
     HH_PROMPTS_DIFFER,
     HH_SAME_RESPONSE,
     NO_WRONG_ANSWER,
     PAIR_TOO_LONG,
-    PROMPT_TOO_LONG,
     PrefTask,
     arithmetic_pairs,
     bigbench_pairs,

@@ -125,13 +125,22 @@ def load_generative(cfg: TaskConfig, cache_dir: str | Path, tokenizer, eos: bool
     r_len = [len(x) + int(eos) for x in
              tokenizer(data.responses, add_special_tokens=False)["input_ids"]]
     dropped: dict[str, int] = {}
+    keep = kept_rows(cfg, prompts, p_len, r_len, REFERENCE_TOO_LONG, dropped)
+    return GenTask(_subset(data, keep), [prompts[i] for i in keep], dropped)
+
+
+def kept_rows(cfg: TaskConfig, prompts: list[str], p_len: list[int], r_len: list[int],
+              too_long: str, dropped: dict[str, int]) -> list[int]:
+    """The rows that stay, counting the others in ``dropped`` by reason: a prompt with no room
+    for a response token; with ``overlong=drop``, prompt + response (``r_len``, with EOS) over
+    ``max_length`` (counted as ``too_long``); a repeated prompt (``dedup``)."""
     seen: set[str] = set()
     keep = []
     for i, (p, lp, lr) in enumerate(zip(prompts, p_len, r_len, strict=True)):
         if lp + 1 > cfg.max_length:
             reason = PROMPT_TOO_LONG
         elif cfg.overlong == "drop" and lp + lr > cfg.max_length:
-            reason = REFERENCE_TOO_LONG
+            reason = too_long
         elif cfg.dedup and p in seen:
             reason = DUPLICATE_REASON
         else:
@@ -141,7 +150,7 @@ def load_generative(cfg: TaskConfig, cache_dir: str | Path, tokenizer, eos: bool
         dropped[reason] = dropped.get(reason, 0) + 1
     if not keep:
         raise DataError(f"task {cfg.name!r}: every example was dropped ({dropped})")
-    return GenTask(_subset(data, keep), [prompts[i] for i in keep], dropped)
+    return keep
 
 
 def split_rows(task: GenTask, index: np.ndarray) -> tuple[list[str], list[str], list[list[str]]]:

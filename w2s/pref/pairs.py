@@ -28,12 +28,11 @@ import numpy as np
 from w2s.config import TaskConfig
 from w2s.data.bigbench import read_examples, task_file
 from w2s.data.io import read_table, require_columns
-from w2s.data.tasks import DATA_SEED, DUPLICATE_REASON, DataError
+from w2s.data.tasks import DATA_SEED, DataError
 from w2s.lm.data import format_prompts, strings_column
-from w2s.lm.tasks import GenTask, arithmetic
+from w2s.lm.tasks import GenTask, arithmetic, kept_rows
 
 PREFERENCE_KINDS = ("local_pairs", "hh_pairs", "bigbench_pairs", "arithmetic_pairs")
-PROMPT_TOO_LONG = "prompt leaves no room for a response within task.max_length"
 PAIR_TOO_LONG = "prompt and longer response longer than task.max_length (task.overlong=drop)"
 NO_WRONG_ANSWER = "no wrong answer to pair with"
 ASSISTANT = "\n\nAssistant:"
@@ -270,22 +269,8 @@ def load_pairs(cfg: TaskConfig, cache_dir: str | Path, tokenizer) -> PrefTask:
     p_len = _lengths(tokenizer, prompts)
     c_len, r_len = _lengths(tokenizer, data.chosen), _lengths(tokenizer, data.rejected)
     dropped: dict[str, int] = dict(data.skipped)
-    seen: set[str] = set()
-    keep = []
-    for i, p in enumerate(prompts):
-        if p_len[i] + 1 > cfg.max_length:
-            reason = PROMPT_TOO_LONG
-        elif cfg.overlong == "drop" and p_len[i] + max(c_len[i], r_len[i]) + 1 > cfg.max_length:
-            reason = PAIR_TOO_LONG
-        elif cfg.dedup and p in seen:
-            reason = DUPLICATE_REASON
-        else:
-            seen.add(p)
-            keep.append(i)
-            continue
-        dropped[reason] = dropped.get(reason, 0) + 1
-    if not keep:
-        raise DataError(f"task {cfg.name!r}: every example was dropped ({dropped})")
+    longer = [max(c, r) + 1 for c, r in zip(c_len, r_len, strict=True)]  # + EOS
+    keep = kept_rows(cfg, prompts, p_len, longer, PAIR_TOO_LONG, dropped)
     return PrefTask(_subset(data, keep), [prompts[i] for i in keep], dropped)
 
 
