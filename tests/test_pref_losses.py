@@ -99,3 +99,24 @@ def test_sequence_logprob_counts_response_tokens_only():
 def test_pairwise_accuracy_counts_ties_half():
     acc = pairwise_accuracy(jnp.asarray([1.0, 0.0, 2.0, 3.0]), jnp.asarray([0.0, 0.0, 3.0, 1.0]))
     assert float(acc) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+
+
+def test_pair_logconf_mixes_in_the_side_the_student_prefers_whatever_the_storage_order():
+    from w2s.config import LossConfig
+    from w2s.pref.rm_train import pair_logconf
+
+    loss = LossConfig(name="logconf", aux_coef=0.5, warmup_frac=0.2, warmup="step")
+    z = np.array([[0.0, 1.5], [0.0, -0.4], [0.3, 0.0]])  # (r_rejected, r_chosen) per pair
+    p = np.array([0.6, 0.7, 0.2])
+    targets = np.stack([1 - p, p], axis=1)
+    weight = np.array([1.0, 1.0, 0.0])  # the third is padding
+    got = float(pair_logconf(jnp.asarray(z), jnp.asarray(targets), jnp.asarray(weight), 0.5, loss))
+    # after warm-up c = 0.5; the student prefers chosen in pair 0, rejected in pair 1
+    hard = np.array([[0.0, 1.0], [1.0, 0.0]])
+    mixed = 0.5 * targets[:2] + 0.5 * hard
+    logp = z[:2] - np.log(np.exp(z[:2]).sum(1, keepdims=True))
+    assert got == pytest.approx(float(-(mixed * logp).sum(1).mean()), rel=1e-6)
+    # a pair stored the other way round (sides and target swapped) has the same loss
+    swapped = float(pair_logconf(jnp.asarray(z[:, ::-1].copy()), jnp.asarray(targets[:, ::-1].copy()),
+                                 jnp.asarray(weight), 0.5, loss))
+    assert swapped == pytest.approx(got, rel=1e-6)

@@ -2,10 +2,10 @@
 
 A pair's two rewards, stacked as the logits ``[r_rejected, r_chosen]``, make a two-class
 classifier whose class-1 probability is the Bradley–Terry P(chosen ≻ rejected) = σ(r_c − r_r).
-So the classification losses carry over unchanged: ``xent`` to a target p is the (soft) BT loss
-``−p log σ(d) − (1 − p) log σ(−d)``, and ``logconf`` is Burns et al.'s confidence auxiliary for
-pairs (the student's own hardened preference mixed into the target). Ground-truth runs use p = 1;
-a w2s run uses the weak reward model's probabilities.
+So the classification loss carries over: ``xent`` to a target p is the (soft) BT loss
+``−p log σ(d) − (1 − p) log σ(−d)``; ``logconf`` is Burns et al.'s confidence auxiliary for
+pairs (``pair_logconf``: the side the student itself prefers mixed into the target).
+Ground-truth runs use p = 1; a w2s run uses the weak reward model's probabilities.
 
 Texts are scored as the backbone expects them: decoders read the prompt's tokens then the
 response's and pool the last one (the orchestrator appends no EOS: the last response token has
@@ -26,7 +26,8 @@ from flax import nnx
 from w2s.config import LossConfig, TrainConfig
 from w2s.lm.data import sft_tokenize
 from w2s.train.batches import shuffled_rows
-from w2s.train.losses import logconf, xent
+from w2s.train.losses import clean_padding, cross_entropy, hard_targets, masked_mean, xent
+from w2s.train.schedules import logconf_coef
 from w2s.train.step import forward, optimizer
 
 RM_LOSSES = ("xent", "logconf")
@@ -91,6 +92,17 @@ def pair_logits(graphdef, params, batch: dict) -> jax.Array:
     return jnp.stack([r[:b], r[b:]], axis=1)
 
 
+def pair_logconf(z, targets, weight, step_frac, loss: LossConfig) -> jax.Array:
+    """Burns et al.'s confidence auxiliary for pairs: cross-entropy to ``(1 − c) p + c ŷ``, ŷ the
+    side the student itself prefers (the sign of r_c − r_r, detached), c on logconf's warm-up.
+    Not the classifier's prior-matched threshold: which side is "chosen" is an artefact of how a
+    pair is stored, so a class prior would force a share of every batch to flip."""
+    z, y, real = clean_padding(z, targets, weight)
+    c = logconf_coef(step_frac, loss.aux_coef, loss.warmup_frac, loss.warmup).astype(z.dtype)
+    y_hat = jax.lax.stop_gradient(hard_targets(z))
+    return masked_mean(cross_entropy(z, (1.0 - c) * y + c * y_hat), real)
+
+
 def make_rm_step(graphdef, tx: optax.GradientTransformation, loss: LossConfig | None):
     """step(params, opt_state, batch, step_frac) -> (params, opt_state, loss); ``loss`` None
     (ground truth) or ``name`` xent is the BT loss to the batch's targets, logconf adds the
@@ -102,9 +114,7 @@ def make_rm_step(graphdef, tx: optax.GradientTransformation, loss: LossConfig | 
     def loss_of(params, batch, step_frac):
         z = pair_logits(graphdef, params, batch)
         if name == "logconf":
-            return logconf(z, batch["targets"], batch["weight"], step_frac,
-                           aux_coef=loss.aux_coef, warmup_frac=loss.warmup_frac,
-                           warmup=loss.warmup)
+            return pair_logconf(z, batch["targets"], batch["weight"], step_frac, loss)
         return xent(z, batch["targets"], batch["weight"])
 
     def step(params, opt_state, batch, step_frac):
