@@ -12,7 +12,7 @@ classification tasks, so that a run's record says what it never saw.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,14 +97,13 @@ def _read(cfg: TaskConfig, cache_dir: Path) -> GenData:
     return read_bigbench_generative(path, cfg.name)
 
 
-def _subset(data: GenData, keep: list[int]) -> GenData:
-    return GenData(
-        data.name,
-        [data.ids[i] for i in keep],
-        [data.prompts[i] for i in keep],
-        [data.responses[i] for i in keep],
-        [data.answers[i] for i in keep],
-    )
+def subset_rows(data, keep: list[int]):
+    """The same dataclass (``GenData``, ``PairData``) with only rows ``keep`` of each per-row
+    list field (those as long as ``ids``)."""
+    n = len(data.ids)
+    rows = {f.name: [v[i] for i in keep] for f in fields(data)
+            if isinstance(v := getattr(data, f.name), list) and len(v) == n}
+    return replace(data, **rows)
 
 
 def load_generative(cfg: TaskConfig, cache_dir: str | Path, tokenizer, eos: bool = True) -> GenTask:
@@ -126,7 +125,7 @@ def load_generative(cfg: TaskConfig, cache_dir: str | Path, tokenizer, eos: bool
              tokenizer(data.responses, add_special_tokens=False)["input_ids"]]
     dropped: dict[str, int] = {}
     keep = kept_rows(cfg, prompts, p_len, r_len, REFERENCE_TOO_LONG, dropped)
-    return GenTask(_subset(data, keep), [prompts[i] for i in keep], dropped)
+    return GenTask(subset_rows(data, keep), [prompts[i] for i in keep], dropped)
 
 
 def kept_rows(cfg: TaskConfig, prompts: list[str], p_len: list[int], r_len: list[int],

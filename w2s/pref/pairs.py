@@ -30,7 +30,7 @@ from w2s.data.bigbench import read_examples, task_file
 from w2s.data.io import read_table, require_columns
 from w2s.data.tasks import DATA_SEED, DataError
 from w2s.lm.data import format_prompts, strings_column
-from w2s.lm.tasks import GenTask, arithmetic, kept_rows
+from w2s.lm.tasks import GenTask, arithmetic, kept_rows, subset_rows
 
 PREFERENCE_KINDS = ("local_pairs", "hh_pairs", "bigbench_pairs", "arithmetic_pairs")
 PAIR_TOO_LONG = "prompt and longer response longer than task.max_length (task.overlong=drop)"
@@ -226,18 +226,6 @@ def _read(cfg: TaskConfig, cache_dir: Path) -> PairData:
     raise DataError(f"task {cfg.name!r}: kind {cfg.kind!r} is not one of {PREFERENCE_KINDS}")
 
 
-def _subset(data: PairData, keep: list[int]) -> PairData:
-    return PairData(
-        data.name,
-        [data.ids[i] for i in keep],
-        [data.prompts[i] for i in keep],
-        [data.chosen[i] for i in keep],
-        [data.rejected[i] for i in keep],
-        [data.answers[i] for i in keep],
-        data.skipped,
-    )
-
-
 def _lengths(tokenizer, texts: list[str]) -> list[int]:
     return [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
@@ -271,7 +259,7 @@ def load_pairs(cfg: TaskConfig, cache_dir: str | Path, tokenizer) -> PrefTask:
     dropped: dict[str, int] = dict(data.skipped)
     longer = [max(c, r) + 1 for c, r in zip(c_len, r_len, strict=True)]  # + EOS
     keep = kept_rows(cfg, prompts, p_len, longer, PAIR_TOO_LONG, dropped)
-    return PrefTask(_subset(data, keep), [prompts[i] for i in keep], dropped)
+    return PrefTask(subset_rows(data, keep), [prompts[i] for i in keep], dropped)
 
 
 def split_pairs(task: PrefTask, index) -> tuple[list[str], list[str], list[str], list[list[str]]]:
